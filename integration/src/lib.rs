@@ -1,0 +1,512 @@
+//! Test harness: real Envoy and real upstream processes on loopback.
+//!
+//! Every process started here is owned by a value whose `Drop` kills and
+//! reaps it. Ports are never fixed: upstreams and Envoy bind port 0 and report
+//! the port they got. Envoy's log goes to a file that is printed when the
+//! owning test panics.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_yaml::Value as Yaml;
+
+/// The repository root (the parent of `integration/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project venv's.
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+}
+
+/// The filter: `$TRAFFIC_SHIFT_WASM`, else the release build.
+pub fn wasm_path() -> PathBuf {
+    std::env::var_os("TRAFFIC_SHIFT_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/traffic_shift.wasm"))
+}
+
+/// The `upstream` binary of this package, next to the running executable
+/// (`target/<profile>/` for binaries, `target/<profile>/deps/` for tests).
+pub fn upstream_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("UPSTREAM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..2 {
+        let candidate = dir.join("upstream");
+        if candidate.exists() {
+            return candidate;
+        }
+        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    PathBuf::from("upstream")
+}
+
+/// A demo upstream process that answers with its name.
+pub struct Upstream {
+    child: Child,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl Upstream {
+    /// Starts `upstream --name NAME` on a free loopback port.
+    pub fn start(name: &str) -> Upstream {
+        Self::start_with(name, "127.0.0.1:0", &[])
+    }
+
+    /// Starts an upstream answering every request with `status`.
+    pub fn with_status(name: &str, status: u16) -> Upstream {
+        Self::start_with(name, "127.0.0.1:0", &["--status", &status.to_string()])
+    }
+
+    /// Starts an upstream on `listen` with extra flags.
+    pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Upstream {
+        let mut child = Command::new(upstream_bin())
+            .args(["--name", name, "--listen", listen])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", upstream_bin()));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("upstream {name} did not start: {line:?}");
+        };
+        Upstream {
+            child,
+            name: name.to_string(),
+            addr,
+        }
+    }
+
+    /// The process id (to kill it on purpose in a test).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Envoy bootstrap, loaded from one of the shipped `envoy/` files and
+/// adjusted for a test: free ports, absolute .wasm path, upstream addresses,
+/// plugin configuration.
+#[derive(Clone)]
+pub struct Bootstrap(pub Yaml);
+
+impl Bootstrap {
+    /// `envoy/envoy.yaml`, the file `make run` starts.
+    pub fn shipped() -> Bootstrap {
+        Self::load(&repo_root().join("envoy/envoy.yaml"))
+    }
+
+    pub fn load(path: &Path) -> Bootstrap {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        Bootstrap(
+            serde_yaml::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display())),
+        )
+    }
+
+    /// Admin and listeners on port 0, the .wasm by absolute path.
+    pub fn for_test(mut self) -> Bootstrap {
+        set_port(&mut self.0["admin"]["address"], 0);
+        if let Some(listeners) = self.0["static_resources"]["listeners"].as_sequence_mut() {
+            for l in listeners {
+                set_port(&mut l["address"], 0);
+            }
+        }
+        let wasm = wasm_path().to_string_lossy().into_owned();
+        for_each_wasm(&mut self.0, &mut |cfg| {
+            cfg["vm_config"]["code"]["local"]["filename"] = Yaml::from(wasm.clone());
+        });
+        self
+    }
+
+    /// Points each cluster named like an upstream at that upstream.
+    pub fn with_upstreams(mut self, upstreams: &[&Upstream]) -> Bootstrap {
+        let Some(clusters) = self.0["static_resources"]["clusters"].as_sequence_mut() else {
+            panic!("bootstrap has no static clusters");
+        };
+        for u in upstreams {
+            let cluster = clusters
+                .iter_mut()
+                .find(|c| c["name"].as_str() == Some(&u.name))
+                .unwrap_or_else(|| panic!("bootstrap has no cluster {}", u.name));
+            let sa = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+                ["endpoint"]["address"]["socket_address"];
+            sa["address"] = Yaml::from(u.addr.ip().to_string());
+            sa["port_value"] = Yaml::from(u.addr.port());
+        }
+        self
+    }
+
+    /// Replaces the traffic_shift plugin configuration (JSON text).
+    pub fn with_plugin_config(mut self, json: &str) -> Bootstrap {
+        for_each_wasm(&mut self.0, &mut |cfg| {
+            cfg["configuration"]["value"] = Yaml::from(json.to_string());
+        });
+        self
+    }
+
+    /// The traffic_shift plugin configuration (JSON text).
+    pub fn plugin_config(&self) -> String {
+        let mut out = None;
+        let mut copy = self.0.clone();
+        for_each_wasm(&mut copy, &mut |cfg| {
+            out = cfg["configuration"]["value"].as_str().map(str::to_string);
+        });
+        out.unwrap_or_else(|| panic!("bootstrap has no traffic_shift configuration"))
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&self.0).unwrap_or_else(|e| panic!("cannot write YAML: {e}"))
+    }
+}
+
+fn set_port(address: &mut Yaml, port: u16) {
+    address["socket_address"]["port_value"] = Yaml::from(port);
+}
+
+/// Calls `f` on the `config` of every wasm HTTP filter of every listener.
+fn for_each_wasm(root: &mut Yaml, f: &mut dyn FnMut(&mut Yaml)) {
+    let Some(listeners) = root["static_resources"]["listeners"].as_sequence_mut() else {
+        return;
+    };
+    for l in listeners {
+        let Some(chains) = l["filter_chains"].as_sequence_mut() else {
+            continue;
+        };
+        for chain in chains {
+            let Some(filters) = chain["filters"].as_sequence_mut() else {
+                continue;
+            };
+            for nf in filters {
+                let Some(hfs) = nf["typed_config"]["http_filters"].as_sequence_mut() else {
+                    continue;
+                };
+                for hf in hfs {
+                    let tc = &mut hf["typed_config"];
+                    if tc["@type"].as_str()
+                        == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+                    {
+                        f(&mut tc["config"]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running Envoy, killed and reaped on drop. Its log is printed if the
+/// test is panicking.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// Envoy exited (or never became ready) instead of serving.
+#[derive(Debug)]
+pub struct EnvoyFailed {
+    pub exit_code: Option<i32>,
+    pub log: String,
+}
+
+impl Envoy {
+    /// Starts Envoy with one worker.
+    pub async fn start(bootstrap: &Bootstrap) -> Result<Envoy, EnvoyFailed> {
+        Self::start_with(bootstrap, 1).await
+    }
+
+    /// Starts Envoy with `concurrency` workers and waits until it is LIVE.
+    pub async fn start_with(bootstrap: &Bootstrap, concurrency: u32) -> Result<Envoy, EnvoyFailed> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let config = dir.path().join("envoy.yaml");
+        let admin_path = dir.path().join("admin-address");
+        let log = dir.path().join("envoy.log");
+        std::fs::write(&config, bootstrap.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
+        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--disable-hot-restart", "-l", "info"])
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e} (run `make envoy`)", envoy_bin()));
+        let mut envoy = Envoy {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        match envoy.wait_ready(&admin_path).await {
+            Ok(()) => Ok(envoy),
+            Err(exit_code) => {
+                let _ = envoy.child.kill();
+                let _ = envoy.child.wait();
+                Err(EnvoyFailed {
+                    exit_code,
+                    log: envoy.log(),
+                })
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self, admin_path: &Path) -> Result<(), Option<i32>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(status.code());
+            }
+            if self.admin.port() == 0 {
+                if let Some(a) = std::fs::read_to_string(admin_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
+                    self.admin = a;
+                }
+            }
+            if self.admin.port() != 0 {
+                let ready = client
+                    .get(format!("http://{}/ready", self.admin))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ready {
+                    if let Some(addr) = self.listener_address(&client).await {
+                        self.listener = addr;
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(None)
+    }
+
+    async fn listener_address(&self, client: &reqwest::Client) -> Option<SocketAddr> {
+        let v: serde_json::Value = client
+            .get(format!("http://{}/listeners?format=json", self.admin))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
+        let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
+        let ip = sa["address"].as_str()?.parse().ok()?;
+        Some(SocketAddr::new(ip, port)).filter(|a| a.port() != 0)
+    }
+
+    /// `http://<listener><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listener, path)
+    }
+
+    /// GET on the admin interface, as text.
+    pub async fn admin_get(&self, path: &str) -> String {
+        reqwest::get(format!("http://{}{}", self.admin, path))
+            .await
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"))
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- envoy log (pid {}) ----\n{}\n---- end of envoy log ----",
+                self.child.id(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// What the upstream saw and who answered.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub status: u16,
+    /// The upstream's name, or `None` if Envoy answered itself.
+    pub served_by: Option<String>,
+    /// Request headers as the upstream received them.
+    pub upstream_headers: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One request through Envoy.
+pub async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Served {
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|e| panic!("bad method {method}: {e}"));
+    let mut req = client.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    Served {
+        status,
+        served_by: body["served_by"].as_str().map(str::to_string),
+        upstream_headers: body["headers"].as_object().cloned().unwrap_or_default(),
+    }
+}
+
+/// GET `url` once per key with header `key_header: key`, `concurrency`
+/// requests in flight; the served cluster of each, in key order.
+pub async fn served_by_keys(
+    client: &reqwest::Client,
+    url: &str,
+    key_header: &str,
+    keys: &[String],
+    concurrency: usize,
+) -> Vec<String> {
+    let mut out = vec![String::new(); keys.len()];
+    let mut tasks = tokio::task::JoinSet::new();
+    let chunk = keys.len().div_ceil(concurrency.max(1)).max(1);
+    for (c, part) in keys.chunks(chunk).enumerate() {
+        let client = client.clone();
+        let url = url.to_string();
+        let key_header = key_header.to_string();
+        let part = part.to_vec();
+        tasks.spawn(async move {
+            let mut served = Vec::with_capacity(part.len());
+            for k in &part {
+                let s = send(&client, "GET", &url, &[(&key_header, k)]).await;
+                assert_eq!(s.status, 200, "key {k}: status {}", s.status);
+                served.push(s.served_by.unwrap_or_default());
+            }
+            (c * chunk, served)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (start, served) = r.unwrap_or_else(|e| panic!("request task failed: {e}"));
+        for (i, s) in served.into_iter().enumerate() {
+            out[start + i] = s;
+        }
+    }
+    out
+}
+
+/// `n` fresh random request ids (UUID v4, like Envoy generates).
+pub fn random_ids(n: usize) -> Vec<String> {
+    (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
+}
+
+/// An HTTP client that keeps connections alive.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// Runs `envoy --mode validate -c FILE`; returns (success, combined output).
+pub fn validate(config: &Path) -> (bool, String) {
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(config)
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", envoy_bin()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The shipped `envoy/envoy.yaml` running with its three upstreams
+/// (`monolith`, `auth_service`, `orders_service`) and a given plugin
+/// configuration.
+pub struct Stack {
+    // Field order is drop order: Envoy goes before its upstreams.
+    pub envoy: Envoy,
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Cluster names of the shipped `envoy/envoy.yaml`.
+pub const CLUSTERS: [&str; 3] = ["monolith", "auth_service", "orders_service"];
+
+impl Stack {
+    /// Starts the stack with one Envoy worker; panics (with Envoy's log) if
+    /// Envoy does not come up.
+    pub async fn start(plugin_config: &str) -> Stack {
+        Self::start_with(plugin_config, 1).await
+    }
+
+    pub async fn start_with(plugin_config: &str, concurrency: u32) -> Stack {
+        let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
+        let refs: Vec<&Upstream> = upstreams.iter().collect();
+        let bootstrap = Bootstrap::shipped()
+            .for_test()
+            .with_upstreams(&refs)
+            .with_plugin_config(plugin_config);
+        match Envoy::start_with(&bootstrap, concurrency).await {
+            Ok(envoy) => Stack { envoy, upstreams },
+            Err(f) => panic!(
+                "envoy did not start (exit {:?}):\n{}",
+                f.exit_code, f.log
+            ),
+        }
+    }
+}

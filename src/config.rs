@@ -1,0 +1,546 @@
+//! Plugin configuration: JSON bytes in, a validated [`Config`] out.
+//!
+//! Parse, don't validate: once [`Config::from_json`] returns `Ok`, every
+//! invariant the filter relies on holds. On failure it returns every error it
+//! found, each naming the field path and the reason, e.g.
+//! `routes[1].percent: must be between 0 and 100, got 140`.
+//! Unknown fields are errors: a typo must never pass silently.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::hash;
+use crate::routes::{Matcher, PathMatch, RouteTable};
+
+/// Default request header carrying the chosen cluster.
+pub const DEFAULT_TARGET_HEADER: &str = "x-shift-target";
+/// Default hash key: Envoy sets `x-request-id` on every request.
+pub const DEFAULT_KEY_HEADER: &str = "x-request-id";
+/// Longest route name (route names become stat name segments).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Where a request's hash key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (name stored lowercase).
+    Header(String),
+    /// A cookie of the `cookie` request header.
+    Cookie(String),
+}
+
+/// Which side a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Monolith,
+    Service,
+}
+
+/// One validated route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub matcher: Matcher,
+    /// Envoy cluster of the new service.
+    pub service: String,
+    /// Share sent to the service, in basis points (percent × 100, 0..=10000).
+    pub basis_points: u16,
+    pub salt: String,
+    /// The route's own key, or the configuration's default.
+    pub hash_key: HashKey,
+}
+
+impl Route {
+    /// The side a request with this key goes to. A missing (or empty) key
+    /// goes to the monolith.
+    pub fn decide(&self, key: Option<&[u8]>) -> Target {
+        match key {
+            Some(k) if !k.is_empty() => {
+                if hash::shifted(hash::bucket(self.salt.as_bytes(), k), self.basis_points) {
+                    Target::Service
+                } else {
+                    Target::Monolith
+                }
+            }
+            _ => Target::Monolith,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Envoy cluster of the monolith.
+    pub monolith: String,
+    /// Request header the filter writes with the chosen cluster (lowercase).
+    pub target_header: String,
+    pub routes: Vec<Route>,
+    table: RouteTable,
+}
+
+impl Config {
+    /// The first route matching `method` and `path`.
+    pub fn route(&self, method: &[u8], path: &[u8]) -> Option<&Route> {
+        self.table
+            .find(method, path)
+            .and_then(|i| self.routes.get(i))
+    }
+
+    /// The Envoy cluster name for `target` on `route`.
+    pub fn cluster<'a>(&'a self, route: &'a Route, target: Target) -> &'a str {
+        match target {
+            Target::Service => &route.service,
+            Target::Monolith => &self.monolith,
+        }
+    }
+
+    /// Parses and validates the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
+        let mut errs = Errors::default();
+        let value: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.push("configuration", format!("invalid JSON: {e}"));
+                return Err(ConfigErrors(errs.0));
+            }
+        };
+        let config = parse_config(&value, &mut errs);
+        match config {
+            Some(c) if errs.0.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errs.0)),
+        }
+    }
+}
+
+/// One configuration error: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Every error found in a configuration, in document order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The messages, one per error.
+    pub fn messages(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for e in &self.0 {
+            if !first {
+                f.write_str("\n")?;
+            }
+            first = false;
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn field_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A JSON object being read field by field, with its path for errors.
+struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    /// `v` as an object whose keys are all in `allowed`; reports the type
+    /// error or each unknown key.
+    fn new(v: &'a Value, path: &str, allowed: &[&str], errs: &mut Errors) -> Option<Obj<'a>> {
+        let Value::Object(map) = v else {
+            let at = if path.is_empty() { "configuration" } else { path };
+            errs.push(at, format!("must be an object, got {}", kind(v)));
+            return None;
+        };
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                errs.push(
+                    field_path(path, key),
+                    format!("unknown field; expected one of: {}", allowed.join(", ")),
+                );
+            }
+        }
+        Some(Obj {
+            path: path.to_string(),
+            map,
+        })
+    }
+
+    fn path(&self, key: &str) -> String {
+        field_path(&self.path, key)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key)
+    }
+
+    fn string(&self, key: &str, errs: &mut Errors) -> Option<&'a str> {
+        match self.map.get(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                errs.push(
+                    self.path(key),
+                    format!("must be a string, got {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn required_string(&self, key: &str, errs: &mut Errors) -> Option<&'a str> {
+        if !self.map.contains_key(key) {
+            errs.push(self.path(key), "is required");
+            return None;
+        }
+        self.string(key, errs)
+    }
+}
+
+fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
+    let obj = Obj::new(
+        v,
+        "",
+        &["monolith", "target_header", "hash_key", "routes"],
+        errs,
+    )?;
+
+    let monolith = obj
+        .required_string("monolith", errs)
+        .and_then(|s| cluster_name(s, &obj.path("monolith"), errs));
+    let target_header = match obj.string("target_header", errs) {
+        Some(h) => header_name(h, &obj.path("target_header"), false, errs),
+        None if obj.get("target_header").is_none() => Some(DEFAULT_TARGET_HEADER.to_string()),
+        None => None,
+    };
+    let default_key = match obj.get("hash_key") {
+        Some(k) => parse_hash_key(k, &obj.path("hash_key"), errs),
+        None => Some(HashKey::Header(DEFAULT_KEY_HEADER.to_string())),
+    };
+
+    let mut routes = Vec::new();
+    match obj.get("routes") {
+        None => {}
+        Some(Value::Array(items)) => {
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{}[{i}]", obj.path("routes"));
+                if let Some(route) = parse_route(item, &path, default_key.as_ref(), errs) {
+                    routes.push(route);
+                }
+                if let Some(Value::String(name)) = item.get("name") {
+                    if let Some(first) = seen.get(name.as_str()) {
+                        errs.push(
+                            format!("{path}.name"),
+                            format!("duplicate route name \"{name}\" (first used by routes[{first}])"),
+                        );
+                    } else {
+                        seen.insert(name, i);
+                    }
+                }
+            }
+        }
+        Some(other) => errs.push(
+            obj.path("routes"),
+            format!("must be an array, got {}", kind(other)),
+        ),
+    }
+
+    let table = RouteTable::new(routes.iter().map(|r| r.matcher.clone()).collect());
+    Some(Config {
+        monolith: monolith?,
+        target_header: target_header?,
+        routes,
+        table,
+    })
+}
+
+fn parse_hash_key(v: &Value, path: &str, errs: &mut Errors) -> Option<HashKey> {
+    let obj = Obj::new(v, path, &["header", "cookie"], errs)?;
+    let header = obj.string("header", errs);
+    let cookie = obj.string("cookie", errs);
+    match (obj.get("header"), obj.get("cookie")) {
+        (Some(_), Some(_)) => {
+            errs.push(path, "exactly one of header or cookie is required, got both");
+            None
+        }
+        (None, None) => {
+            errs.push(
+                path,
+                "exactly one of header or cookie is required, got neither",
+            );
+            None
+        }
+        (Some(_), None) => {
+            header_name(header?, &obj.path("header"), true, errs).map(HashKey::Header)
+        }
+        (None, Some(_)) => {
+            let name = cookie?;
+            if name.is_empty() || !name.bytes().all(is_tchar) {
+                errs.push(
+                    obj.path("cookie"),
+                    format!("must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), got \"{name}\""),
+                );
+                return None;
+            }
+            Some(HashKey::Cookie(name.to_string()))
+        }
+    }
+}
+
+fn parse_route(
+    v: &Value,
+    path: &str,
+    default_key: Option<&HashKey>,
+    errs: &mut Errors,
+) -> Option<Route> {
+    let obj = Obj::new(
+        v,
+        path,
+        &[
+            "name", "prefix", "path", "methods", "service", "percent", "salt", "hash_key",
+        ],
+        errs,
+    )?;
+
+    let name = obj.required_string("name", errs).and_then(|n| {
+        let ok = (1..=MAX_NAME_LEN).contains(&n.len())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            errs.push(
+                obj.path("name"),
+                format!("must be 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ -, got \"{n}\""),
+            );
+        }
+        ok.then(|| n.to_string())
+    });
+
+    let prefix = obj.string("prefix", errs);
+    let exact = obj.string("path", errs);
+    let path_match = match (obj.get("prefix"), obj.get("path")) {
+        (Some(_), Some(_)) => {
+            errs.push(path, "exactly one of prefix or path is required, got both");
+            None
+        }
+        (None, None) => {
+            errs.push(path, "exactly one of prefix or path is required, got neither");
+            None
+        }
+        (Some(_), None) => {
+            url_path(prefix?, &obj.path("prefix"), errs).map(|p| PathMatch::Prefix(p.into()))
+        }
+        (None, Some(_)) => {
+            url_path(exact?, &obj.path("path"), errs).map(|p| PathMatch::Exact(p.into()))
+        }
+    };
+
+    let methods = match obj.get("methods") {
+        None => Some(None),
+        Some(m) => parse_methods(m, &obj.path("methods"), errs).map(Some),
+    };
+
+    let service = obj
+        .required_string("service", errs)
+        .and_then(|s| cluster_name(s, &obj.path("service"), errs));
+
+    let basis_points = match obj.get("percent") {
+        None => {
+            errs.push(obj.path("percent"), "is required");
+            None
+        }
+        Some(p) => parse_percent(p, &obj.path("percent"), errs),
+    };
+
+    let salt = obj.string("salt", errs).map(str::to_string);
+    let salt = match (salt, obj.get("salt")) {
+        (Some(s), _) => Some(s),
+        (None, None) => Some(String::new()),
+        (None, Some(_)) => None,
+    };
+
+    let hash_key = match obj.get("hash_key") {
+        Some(k) => parse_hash_key(k, &obj.path("hash_key"), errs),
+        None => default_key.cloned(),
+    };
+
+    Some(Route {
+        name: name?,
+        matcher: Matcher {
+            path: path_match?,
+            methods: methods?,
+        },
+        service: service?,
+        basis_points: basis_points?,
+        salt: salt?,
+        hash_key: hash_key?,
+    })
+}
+
+/// Percent (0..=100, at most two decimals) -> basis points.
+fn parse_percent(v: &Value, path: &str, errs: &mut Errors) -> Option<u16> {
+    let Value::Number(n) = v else {
+        errs.push(path, format!("must be a number, got {}", kind(v)));
+        return None;
+    };
+    let p = n.as_f64()?;
+    if !(0.0..=100.0).contains(&p) {
+        errs.push(path, format!("must be between 0 and 100, got {n}"));
+        return None;
+    }
+    let scaled = p * 100.0;
+    let bp = scaled.round();
+    // 1e-6 absorbs binary floating point (33.33 * 100 = 3332.9999999999995)
+    // while any third decimal (>= 0.001 % = 0.1 bp) is far above it.
+    if (scaled - bp).abs() > 1e-6 {
+        errs.push(path, format!("must have at most two decimals, got {n}"));
+        return None;
+    }
+    Some(bp as u16)
+}
+
+fn parse_methods(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<String>> {
+    let Value::Array(items) = v else {
+        errs.push(path, format!("must be an array, got {}", kind(v)));
+        return None;
+    };
+    if items.is_empty() {
+        errs.push(path, "must not be empty (leave it out to match any method)");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        match item {
+            Value::String(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+                out.push(m.clone())
+            }
+            Value::String(m) => {
+                errs.push(
+                    at,
+                    format!("must be an HTTP method in upper case, such as GET, got \"{m}\""),
+                );
+                ok = false;
+            }
+            other => {
+                errs.push(at, format!("must be a string, got {}", kind(other)));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn cluster_name(s: &str, path: &str, errs: &mut Errors) -> Option<String> {
+    if s.is_empty() {
+        errs.push(path, "must not be empty");
+        return None;
+    }
+    if s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        errs.push(
+            path,
+            format!("must be an Envoy cluster name without spaces or control characters, got {s:?}"),
+        );
+        return None;
+    }
+    Some(s.to_string())
+}
+
+fn url_path<'a>(s: &'a str, path: &str, errs: &mut Errors) -> Option<&'a str> {
+    if !s.starts_with('/') {
+        errs.push(path, format!("must start with \"/\", got \"{s}\""));
+        return None;
+    }
+    if s.contains(['?', '#']) {
+        errs.push(
+            path,
+            format!("must not contain a query or fragment (\"?\" or \"#\"), got \"{s}\""),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A header name, lowercased. Pseudo-headers (`:authority`) only where
+/// `allow_pseudo`.
+fn header_name(s: &str, path: &str, allow_pseudo: bool, errs: &mut Errors) -> Option<String> {
+    let body = match s.strip_prefix(':') {
+        Some(rest) if allow_pseudo => rest,
+        _ => s,
+    };
+    if body.is_empty() || !body.bytes().all(is_tchar) {
+        errs.push(path, format!("must be an HTTP header name, got \"{s}\""));
+        return None;
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_to_basis_points() {
+        let mut errs = Errors::default();
+        let bp = |v: Value, errs: &mut Errors| parse_percent(&v, "p", errs);
+        assert_eq!(bp(serde_json::json!(0), &mut errs), Some(0));
+        assert_eq!(bp(serde_json::json!(10), &mut errs), Some(1000));
+        assert_eq!(bp(serde_json::json!(33.33), &mut errs), Some(3333));
+        assert_eq!(bp(serde_json::json!(0.07), &mut errs), Some(7));
+        assert_eq!(bp(serde_json::json!(99.99), &mut errs), Some(9999));
+        assert_eq!(bp(serde_json::json!(100), &mut errs), Some(10000));
+        assert!(errs.0.is_empty());
+    }
+}

@@ -1,0 +1,31 @@
+//! traffic-shift: strangler-fig traffic shifting inside Envoy.
+//!
+//! A proxy-wasm HTTP filter that, per route, hashes a request key into one of
+//! 10,000 buckets and sends a configured share of the route's traffic to a new
+//! service and the rest to the monolith.
+//!
+//! Where things live:
+//! - [`config`]: plugin configuration JSON -> validated [`config::Config`];
+//!   every error names its field path.
+//! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
+//! - [`routes`]: the route table (first match wins, cost flat in route count).
+//! - [`cookie`]: finding one cookie in a `Cookie` header.
+//! - `filter` (wasm32 only): the thin proxy-wasm glue mapping host calls to
+//!   the core above. Nothing in the core knows about proxy-wasm.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod config;
+pub mod cookie;
+pub mod hash;
+pub mod routes;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
