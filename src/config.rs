@@ -195,7 +195,11 @@ impl<'a> Obj<'a> {
     /// error or each unknown key.
     fn new(v: &'a Value, path: &str, allowed: &[&str], errs: &mut Errors) -> Option<Obj<'a>> {
         let Value::Object(map) = v else {
-            let at = if path.is_empty() { "configuration" } else { path };
+            let at = if path.is_empty() {
+                "configuration"
+            } else {
+                path
+            };
             errs.push(at, format!("must be an object, got {}", kind(v)));
             return None;
         };
@@ -278,7 +282,9 @@ fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
                     if let Some(first) = seen.get(name.as_str()) {
                         errs.push(
                             format!("{path}.name"),
-                            format!("duplicate route name \"{name}\" (first used by routes[{first}])"),
+                            format!(
+                                "duplicate route name \"{name}\" (first used by routes[{first}])"
+                            ),
                         );
                     } else {
                         seen.insert(name, i);
@@ -307,7 +313,10 @@ fn parse_hash_key(v: &Value, path: &str, errs: &mut Errors) -> Option<HashKey> {
     let cookie = obj.string("cookie", errs);
     match (obj.get("header"), obj.get("cookie")) {
         (Some(_), Some(_)) => {
-            errs.push(path, "exactly one of header or cookie is required, got both");
+            errs.push(
+                path,
+                "exactly one of header or cookie is required, got both",
+            );
             None
         }
         (None, None) => {
@@ -370,7 +379,10 @@ fn parse_route(
             None
         }
         (None, None) => {
-            errs.push(path, "exactly one of prefix or path is required, got neither");
+            errs.push(
+                path,
+                "exactly one of prefix or path is required, got neither",
+            );
             None
         }
         (Some(_), None) => {
@@ -486,7 +498,9 @@ fn cluster_name(s: &str, path: &str, errs: &mut Errors) -> Option<String> {
     if s.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         errs.push(
             path,
-            format!("must be an Envoy cluster name without spaces or control characters, got {s:?}"),
+            format!(
+                "must be an Envoy cluster name without spaces or control characters, got {s:?}"
+            ),
         );
         return None;
     }

@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn salt_and_key_are_concatenated_without_separator() {
         assert_eq!(bucket(b"foo", b"bar"), bucket(b"", b"foobar"));
-        assert_eq!(bucket(b"", b"foobar"), (0x8594_4171_f739_67e8u64 % 10_000) as u16);
+        assert_eq!(
+            bucket(b"", b"foobar"),
+            (0x8594_4171_f739_67e8u64 % 10_000) as u16
+        );
     }
 
     #[test]

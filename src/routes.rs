@@ -65,11 +65,7 @@ impl RouteTable {
         for (i, m) in matchers.iter().enumerate() {
             let id = i as u32;
             match &m.path {
-                PathMatch::Exact(p) => table
-                    .exact
-                    .entry(p.as_bytes().into())
-                    .or_default()
-                    .push(id),
+                PathMatch::Exact(p) => table.exact.entry(p.as_bytes().into()).or_default().push(id),
                 PathMatch::Prefix(p) => {
                     let node = table.insert_prefix(p.as_bytes());
                     if let Some(n) = table.nodes.get_mut(node) {

@@ -159,8 +159,8 @@ impl Bootstrap {
                 .iter_mut()
                 .find(|c| c["name"].as_str() == Some(&u.name))
                 .unwrap_or_else(|| panic!("bootstrap has no cluster {}", u.name));
-            let sa = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-                ["endpoint"]["address"]["socket_address"];
+            let sa = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"];
             sa["address"] = Yaml::from(u.addr.ip().to_string());
             sa["port_value"] = Yaml::from(u.addr.port());
         }
@@ -503,10 +503,7 @@ impl Stack {
             .with_plugin_config(plugin_config);
         match Envoy::start_with(&bootstrap, concurrency).await {
             Ok(envoy) => Stack { envoy, upstreams },
-            Err(f) => panic!(
-                "envoy did not start (exit {:?}):\n{}",
-                f.exit_code, f.log
-            ),
+            Err(f) => panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log),
         }
     }
 }

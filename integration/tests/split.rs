@@ -50,10 +50,21 @@ async fn distribution_matches_the_percent_and_every_decision_matches_the_formula
         ("/p33/x", "orders-v1", 3333, "orders_service", 0.3333),
     ] {
         let ids = random_ids(n);
-        let served = served_by_keys(&c, &stack.envoy.url(path), "x-request-id", &ids, CONCURRENCY).await;
+        let served = served_by_keys(
+            &c,
+            &stack.envoy.url(path),
+            "x-request-id",
+            &ids,
+            CONCURRENCY,
+        )
+        .await;
         let shifted = served.iter().filter(|s| *s == service).count();
         let monolith = served.iter().filter(|s| *s == "monolith").count();
-        assert_eq!(shifted + monolith, n, "{path}: every request served by one of the two");
+        assert_eq!(
+            shifted + monolith,
+            n,
+            "{path}: every request served by one of the two"
+        );
         assert_binomial(shifted, n, p, path);
         // Exactness: every single decision equals the formula computed here.
         for (id, got) in ids.iter().zip(&served) {
@@ -68,14 +79,35 @@ async fn a_key_always_gets_the_same_target_and_raising_the_percent_never_moves_a
     let c = client();
     let ids = random_ids(500);
     // Stickiness: five passes over the same ids give identical answers.
-    let first = served_by_keys(&c, &stack.envoy.url("/p10/a"), "x-request-id", &ids, CONCURRENCY).await;
+    let first = served_by_keys(
+        &c,
+        &stack.envoy.url("/p10/a"),
+        "x-request-id",
+        &ids,
+        CONCURRENCY,
+    )
+    .await;
     for _ in 0..4 {
-        let again = served_by_keys(&c, &stack.envoy.url("/p10/a"), "x-request-id", &ids, CONCURRENCY).await;
+        let again = served_by_keys(
+            &c,
+            &stack.envoy.url("/p10/a"),
+            "x-request-id",
+            &ids,
+            CONCURRENCY,
+        )
+        .await;
         assert_eq!(again, first);
     }
     // Monotonic ramp: /p10/ and /p50/ share the salt, so they are the same
     // keys at 10% and at 50%.
-    let at50 = served_by_keys(&c, &stack.envoy.url("/p50/a"), "x-request-id", &ids, CONCURRENCY).await;
+    let at50 = served_by_keys(
+        &c,
+        &stack.envoy.url("/p50/a"),
+        "x-request-id",
+        &ids,
+        CONCURRENCY,
+    )
+    .await;
     let shifted10 = first.iter().filter(|s| *s == "auth_service").count();
     assert!(shifted10 > 0, "some of 500 ids must be shifted at 10%");
     for ((id, a), b) in ids.iter().zip(&first).zip(&at50) {
@@ -102,7 +134,13 @@ async fn unmatched_paths_and_methods_go_to_the_monolith_and_clients_cannot_pick_
     assert_eq!(s.served_by.as_deref(), Some("auth_service"));
     assert_eq!(s.upstream_headers["x-shift-target"], "auth_service");
 
-    for (method, path) in [("GET", "/elsewhere"), ("GET", "/all"), ("GET", "/write"), ("PUT", "/write"), ("POST", "/write/x")] {
+    for (method, path) in [
+        ("GET", "/elsewhere"),
+        ("GET", "/all"),
+        ("GET", "/write"),
+        ("PUT", "/write"),
+        ("POST", "/write/x"),
+    ] {
         let s = send(&c, method, &url(path), &[]).await;
         assert_eq!(s.served_by.as_deref(), Some("monolith"), "{method} {path}");
     }
@@ -111,11 +149,22 @@ async fn unmatched_paths_and_methods_go_to_the_monolith_and_clients_cannot_pick_
 
     // A client-sent target header changes nothing, matched or not, and never
     // reaches the upstream.
-    for (path, want) in [("/elsewhere", "monolith"), ("/none/x", "monolith"), ("/all/x", "auth_service")] {
+    for (path, want) in [
+        ("/elsewhere", "monolith"),
+        ("/none/x", "monolith"),
+        ("/all/x", "auth_service"),
+    ] {
         for forged in ["auth_service", "orders_service", "monolith", ""] {
             let s = send(&c, "GET", &url(path), &[("x-shift-target", forged)]).await;
-            assert_eq!(s.served_by.as_deref(), Some(want), "{path} with forged {forged:?}");
-            let seen = s.upstream_headers.get("x-shift-target").and_then(|v| v.as_str());
+            assert_eq!(
+                s.served_by.as_deref(),
+                Some(want),
+                "{path} with forged {forged:?}"
+            );
+            let seen = s
+                .upstream_headers
+                .get("x-shift-target")
+                .and_then(|v| v.as_str());
             if path == "/elsewhere" {
                 assert_eq!(seen, None, "forged header reached the upstream");
             } else {
@@ -147,16 +196,27 @@ async fn cookie_and_header_keys_work_and_a_missing_key_goes_to_the_monolith() {
         assert_eq!(s.served_by.as_deref(), Some(want.as_str()), "uid {id}");
         shifted += usize::from(want == "auth_service");
     }
-    assert!(shifted > 0 && shifted < 400, "a 50% split of 400 keys shifts some, not all");
+    assert!(
+        shifted > 0 && shifted < 400,
+        "a 50% split of 400 keys shifts some, not all"
+    );
 
     // 100% routes: with a key the service, without one the monolith.
     let s = send(&c, "GET", &stack.envoy.url("/u/x"), &[("x-user-id", "42")]).await;
     assert_eq!(s.served_by.as_deref(), Some("orders_service"));
-    for headers in [vec![], vec![("x-user-id", "")], vec![("x-request-id", "r-1")]] {
+    for headers in [
+        vec![],
+        vec![("x-user-id", "")],
+        vec![("x-request-id", "r-1")],
+    ] {
         let s = send(&c, "GET", &stack.envoy.url("/u/x"), &headers).await;
         assert_eq!(s.served_by.as_deref(), Some("monolith"), "{headers:?}");
     }
-    for headers in [vec![], vec![("cookie", "uidx=1; xuid=2")], vec![("cookie", "uid=")]] {
+    for headers in [
+        vec![],
+        vec![("cookie", "uidx=1; xuid=2")],
+        vec![("cookie", "uid=")],
+    ] {
         let s = send(&c, "GET", &stack.envoy.url("/cu/x"), &headers).await;
         assert_eq!(s.served_by.as_deref(), Some("monolith"), "{headers:?}");
     }
@@ -168,8 +228,22 @@ async fn two_envoys_with_the_same_config_agree_on_every_key() {
     let b = Stack::start(SPLIT_CONFIG).await;
     let c = client();
     let ids = random_ids(5_000);
-    let from_a = served_by_keys(&c, &a.envoy.url("/p33/k"), "x-request-id", &ids, CONCURRENCY).await;
-    let from_b = served_by_keys(&c, &b.envoy.url("/p33/k"), "x-request-id", &ids, CONCURRENCY).await;
+    let from_a = served_by_keys(
+        &c,
+        &a.envoy.url("/p33/k"),
+        "x-request-id",
+        &ids,
+        CONCURRENCY,
+    )
+    .await;
+    let from_b = served_by_keys(
+        &c,
+        &b.envoy.url("/p33/k"),
+        "x-request-id",
+        &ids,
+        CONCURRENCY,
+    )
+    .await;
     assert_eq!(from_a.len(), 5_000);
     for ((id, x), y) in ids.iter().zip(&from_a).zip(&from_b) {
         assert_eq!(x, y, "the two proxies disagree on id {id}");
@@ -191,7 +265,9 @@ async fn an_invalid_config_makes_envoy_refuse_to_start_and_the_log_names_the_fie
     };
     assert_ne!(failed.exit_code, Some(0), "envoy must exit with an error");
     assert!(
-        failed.log.contains("invalid configuration: routes[1].percent: must be between 0 and 100, got 140"),
+        failed.log.contains(
+            "invalid configuration: routes[1].percent: must be between 0 and 100, got 140"
+        ),
         "log does not name the field:\n{}",
         failed.log
     );

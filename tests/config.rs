@@ -1,0 +1,271 @@
+//! Configuration: defaults, and the exact text of every kind of error.
+
+use traffic_shift::config::{Config, HashKey};
+use traffic_shift::routes::PathMatch;
+
+/// The error messages for `json`, one per error.
+fn errors(json: &str) -> Vec<String> {
+    match Config::from_json(json.as_bytes()) {
+        Ok(_) => panic!("accepted: {json}"),
+        Err(e) => e.messages(),
+    }
+}
+
+/// A valid route with one field replaced or added (`extra` is raw JSON
+/// members appended after the defaults; later duplicates are not used).
+fn route(fields: &str) -> String {
+    format!(r#"{{"monolith": "monolith", "routes": [{{{fields}}}]}}"#)
+}
+
+const OK_ROUTE: &str =
+    r#""name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10"#;
+
+#[test]
+fn defaults() {
+    let c = Config::from_json(br#"{"monolith": "monolith"}"#).unwrap();
+    assert_eq!(c.monolith, "monolith");
+    assert_eq!(c.target_header, "x-shift-target");
+    assert!(c.routes.is_empty());
+
+    let c = Config::from_json(route(OK_ROUTE).as_bytes()).unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.name, "auth");
+    assert_eq!(r.matcher.path, PathMatch::Prefix("/api/auth/".into()));
+    assert_eq!(r.matcher.methods, None);
+    assert_eq!(r.service, "auth_service");
+    assert_eq!(r.basis_points, 1000);
+    assert_eq!(r.salt, "");
+    assert_eq!(r.hash_key, HashKey::Header("x-request-id".into()));
+}
+
+#[test]
+fn route_hash_key_overrides_the_default_and_header_names_are_lowercased() {
+    let c = Config::from_json(
+        br#"{"monolith": "m", "target_header": "X-Shift-Target", "hash_key": {"cookie": "sid"},
+             "routes": [
+               {"name": "a", "path": "/a", "service": "s", "percent": 1},
+               {"name": "b", "prefix": "/b", "methods": ["GET", "POST"], "service": "s",
+                "percent": 33.33, "salt": "v2", "hash_key": {"header": "X-User-Id"}}
+             ]}"#,
+    )
+    .unwrap();
+    assert_eq!(c.target_header, "x-shift-target");
+    assert_eq!(c.routes[0].hash_key, HashKey::Cookie("sid".into()));
+    assert_eq!(c.routes[0].matcher.path, PathMatch::Exact("/a".into()));
+    assert_eq!(c.routes[1].hash_key, HashKey::Header("x-user-id".into()));
+    assert_eq!(c.routes[1].basis_points, 3333);
+    assert_eq!(c.routes[1].salt, "v2");
+    assert_eq!(
+        c.routes[1].matcher.methods,
+        Some(vec!["GET".to_string(), "POST".to_string()])
+    );
+}
+
+#[test]
+fn first_slice_error_list_exact_messages() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        // Invalid JSON.
+        (
+            r#"{"monolith": "m","#.into(),
+            vec!["configuration: invalid JSON: EOF while parsing a value at line 1 column 17"],
+        ),
+        ("".into(), vec!["configuration: invalid JSON: EOF while parsing a value at line 1 column 0"]),
+        ("[]".into(), vec!["configuration: must be an object, got array"]),
+        // Wrong types.
+        (r#"{"monolith": 7}"#.into(), vec!["monolith: must be a string, got number"]),
+        (
+            route(r#""name": "auth", "prefix": "/a/", "service": "s", "percent": "10""#),
+            vec!["routes[0].percent: must be a number, got string"],
+        ),
+        (
+            r#"{"monolith": "m", "routes": {}}"#.into(),
+            vec!["routes: must be an array, got object"],
+        ),
+        (
+            r#"{"monolith": "m", "routes": [7]}"#.into(),
+            vec!["routes[0]: must be an object, got number"],
+        ),
+        // Unknown fields.
+        (
+            r#"{"monolith": "m", "rotues": []}"#.into(),
+            vec!["rotues: unknown field; expected one of: monolith, target_header, hash_key, routes"],
+        ),
+        (
+            route(&format!(r#"{OK_ROUTE}, "prcent": 20"#)),
+            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key"],
+        ),
+        (
+            r#"{"monolith": "m", "hash_key": {"header": "x-id", "hdr": "x"}}"#.into(),
+            vec!["hash_key.hdr: unknown field; expected one of: header, cookie"],
+        ),
+        // Percent out of range or too precise.
+        (
+            format!(
+                r#"{{"monolith": "m", "routes": [{{{OK_ROUTE}}}, {{"name": "b", "prefix": "/b/", "service": "s", "percent": 140}}]}}"#
+            ),
+            vec!["routes[1].percent: must be between 0 and 100, got 140"],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "service": "s", "percent": -1"#),
+            vec!["routes[0].percent: must be between 0 and 100, got -1"],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "service": "s", "percent": 10.005"#),
+            vec!["routes[0].percent: must have at most two decimals, got 10.005"],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "service": "s""#),
+            vec!["routes[0].percent: is required"],
+        ),
+        // Duplicate route name.
+        (
+            format!(r#"{{"monolith": "m", "routes": [{{{OK_ROUTE}}}, {{{OK_ROUTE}}}]}}"#),
+            vec![r#"routes[1].name: duplicate route name "auth" (first used by routes[0])"#],
+        ),
+        // Both or neither of prefix / path.
+        (
+            route(r#""name": "a", "prefix": "/a/", "path": "/a", "service": "s", "percent": 1"#),
+            vec!["routes[0]: exactly one of prefix or path is required, got both"],
+        ),
+        (
+            route(r#""name": "a", "service": "s", "percent": 1"#),
+            vec!["routes[0]: exactly one of prefix or path is required, got neither"],
+        ),
+        // Empty name or service.
+        (
+            route(r#""name": "", "prefix": "/a/", "service": "s", "percent": 1"#),
+            vec![r#"routes[0].name: must be 1 to 64 characters of A-Z a-z 0-9 _ -, got """#],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "service": "", "percent": 1"#),
+            vec!["routes[0].service: must not be empty"],
+        ),
+        (r#"{"monolith": ""}"#.into(), vec!["monolith: must not be empty"]),
+        (r#"{}"#.into(), vec!["monolith: is required"]),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
+    }
+}
+
+#[test]
+fn more_field_errors_exact_messages() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            route(r#""name": "a b", "prefix": "/a/", "service": "s", "percent": 1"#),
+            vec![r#"routes[0].name: must be 1 to 64 characters of A-Z a-z 0-9 _ -, got "a b""#],
+        ),
+        (
+            route(&format!(
+                r#""name": "{}", "prefix": "/a/", "service": "s", "percent": 1"#,
+                "n".repeat(65)
+            )),
+            vec![Box::leak(
+                format!(
+                    r#"routes[0].name: must be 1 to 64 characters of A-Z a-z 0-9 _ -, got "{}""#,
+                    "n".repeat(65)
+                )
+                .into_boxed_str(),
+            )],
+        ),
+        (
+            route(r#""name": "a", "prefix": "api/", "service": "s", "percent": 1"#),
+            vec![r#"routes[0].prefix: must start with "/", got "api/""#],
+        ),
+        (
+            route(r#""name": "a", "path": "/a?b=1", "service": "s", "percent": 1"#),
+            vec![
+                r##"routes[0].path: must not contain a query or fragment ("?" or "#"), got "/a?b=1""##,
+            ],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "methods": [], "service": "s", "percent": 1"#),
+            vec!["routes[0].methods: must not be empty (leave it out to match any method)"],
+        ),
+        (
+            route(
+                r#""name": "a", "prefix": "/a/", "methods": ["GET", "post", 3], "service": "s", "percent": 1"#,
+            ),
+            vec![
+                r#"routes[0].methods[1]: must be an HTTP method in upper case, such as GET, got "post""#,
+                "routes[0].methods[2]: must be a string, got number",
+            ],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "service": "s", "percent": 1, "salt": 5"#),
+            vec!["routes[0].salt: must be a string, got number"],
+        ),
+        (
+            route(r#""name": "a", "prefix": "/a/", "service": "my service", "percent": 1"#),
+            vec![
+                r#"routes[0].service: must be an Envoy cluster name without spaces or control characters, got "my service""#,
+            ],
+        ),
+        (
+            r#"{"monolith": "m", "target_header": ":path"}"#.into(),
+            vec![r#"target_header: must be an HTTP header name, got ":path""#],
+        ),
+        (
+            r#"{"monolith": "m", "target_header": "x shift"}"#.into(),
+            vec![r#"target_header: must be an HTTP header name, got "x shift""#],
+        ),
+        (
+            r#"{"monolith": "m", "hash_key": {}}"#.into(),
+            vec!["hash_key: exactly one of header or cookie is required, got neither"],
+        ),
+        (
+            r#"{"monolith": "m", "hash_key": {"header": "a", "cookie": "b"}}"#.into(),
+            vec!["hash_key: exactly one of header or cookie is required, got both"],
+        ),
+        (
+            r#"{"monolith": "m", "hash_key": {"cookie": "a=b"}}"#.into(),
+            vec![
+                r##"hash_key.cookie: must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), got "a=b""##,
+            ],
+        ),
+        (
+            route(
+                r#""name": "a", "prefix": "/a/", "service": "s", "percent": 1, "hash_key": {"header": ""}"#,
+            ),
+            vec![r#"routes[0].hash_key.header: must be an HTTP header name, got """#],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let got = errors(
+        r#"{"monolith": "", "extra": 1, "routes": [
+            {"name": "a", "prefix": "/a/", "service": "s", "percent": 140},
+            {"name": "a", "service": "", "percent": 1.234}
+        ]}"#,
+    );
+    assert_eq!(
+        got,
+        vec![
+            "extra: unknown field; expected one of: monolith, target_header, hash_key, routes",
+            "monolith: must not be empty",
+            "routes[0].percent: must be between 0 and 100, got 140",
+            "routes[1]: exactly one of prefix or path is required, got neither",
+            "routes[1].service: must not be empty",
+            "routes[1].percent: must have at most two decimals, got 1.234",
+            r#"routes[1].name: duplicate route name "a" (first used by routes[0])"#,
+        ]
+    );
+}
+
+#[test]
+fn hostile_bytes_never_panic() {
+    for input in [
+        &b"\xff\xfe\x00"[..],
+        b"{\"monolith\": \"\xff\"}",
+        b"{\"monolith\": \"m\", \"routes\": [null, true, 1e400]}",
+        b"{\"monolith\": \"m\", \"routes\": [{\"percent\": 1e308, \"name\": {}}]}",
+        b"nul\x00l",
+    ] {
+        assert!(Config::from_json(input).is_err());
+    }
+}
