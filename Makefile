@@ -17,8 +17,8 @@ export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
-	$(CARGO) build --quiet --release -p integration --bins
-	target/release/demo
+	$(CARGO) build --quiet --profile tools -p integration --bins
+	target/tools/demo
 
 ## test: fmt check, clippy (native + wasm32), unit tests, tests against a real Envoy
 test: fmt-check clippy unit integration
