@@ -272,3 +272,45 @@ async fn an_invalid_config_makes_envoy_refuse_to_start_and_the_log_names_the_fie
         failed.log
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_keys_are_hashed_as_raw_bytes() {
+    let stack = Stack::start(
+        r#"{"monolith": "monolith", "routes": [
+            {"name": "h", "prefix": "/h/", "service": "auth_service", "percent": 50,
+             "hash_key": {"header": "x-user-id"}},
+            {"name": "c", "prefix": "/c/", "service": "auth_service", "percent": 50,
+             "hash_key": {"cookie": "uid"}}
+        ]}"#,
+    )
+    .await;
+    let c = client();
+    let mut sides = std::collections::HashSet::new();
+    for i in 0u8..64 {
+        let key = [0xff, b'a' + i % 26, 0xfe, 0x80 | i];
+        let want = if bucket(b"", &key) < 5000 {
+            "auth_service"
+        } else {
+            "monolith"
+        };
+        sides.insert(want);
+        let mut cookie = b"a=1; uid=".to_vec();
+        cookie.extend_from_slice(&key);
+        for (path, name, value) in [
+            ("/h/x", "x-user-id", key.to_vec()),
+            ("/c/x", "cookie", cookie),
+        ] {
+            let value = reqwest::header::HeaderValue::from_bytes(&value).unwrap();
+            let resp = c
+                .get(stack.envoy.url(path))
+                .header(name, value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let served = resp.headers()["x-served-by"].to_str().unwrap().to_string();
+            assert_eq!(served, want, "{path} key {key:?}");
+        }
+    }
+    assert_eq!(sides.len(), 2, "64 keys at 50% reach both sides");
+}
