@@ -80,11 +80,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// The first route matching `method` and `path`.
-    pub fn route(&self, method: &[u8], path: &[u8]) -> Option<&Route> {
-        self.table
-            .find(method, path)
-            .and_then(|i| self.routes.get(i))
+    /// The first route matching `method` and `path`, with its index.
+    pub fn route(&self, method: &[u8], path: &[u8]) -> Option<(usize, &Route)> {
+        let i = self.table.find(method, path)?;
+        self.routes.get(i).map(|r| (i, r))
     }
 
     /// The Envoy cluster name for `target` on `route`.

@@ -10,6 +10,7 @@
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
+//! - [`stats`]: every stat name, the label regexes, response accounting.
 //! - `filter` (wasm32 only): the thin proxy-wasm glue mapping host calls to
 //!   the core above. Nothing in the core knows about proxy-wasm.
 #![cfg_attr(
@@ -26,6 +27,7 @@ pub mod config;
 pub mod cookie;
 pub mod hash;
 pub mod routes;
+pub mod stats;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

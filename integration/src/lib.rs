@@ -100,9 +100,16 @@ impl Upstream {
         }
     }
 
-    /// The process id (to kill it on purpose in a test).
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process now (its port then refuses connections); the
+    /// value keeps its name and address.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -496,6 +503,15 @@ impl Stack {
 
     pub async fn start_with(plugin_config: &str, concurrency: u32) -> Stack {
         let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
+        Self::start_on(plugin_config, concurrency, upstreams).await
+    }
+
+    /// Starts Envoy in front of the given upstreams (named like clusters).
+    pub async fn start_on(
+        plugin_config: &str,
+        concurrency: u32,
+        upstreams: Vec<Upstream>,
+    ) -> Stack {
         let refs: Vec<&Upstream> = upstreams.iter().collect();
         let bootstrap = Bootstrap::shipped()
             .for_test()
@@ -504,6 +520,84 @@ impl Stack {
         match Envoy::start_with(&bootstrap, concurrency).await {
             Ok(envoy) => Stack { envoy, upstreams },
             Err(f) => panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log),
+        }
+    }
+}
+
+/// One scrape of Envoy's `/stats/prometheus`, parsed (label values parsed,
+/// not string-matched).
+pub struct Metrics(pub Vec<prometheus_parse::Sample>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        // Envoy writes label-less samples as `name{} value`, which
+        // prometheus-parse 0.2.5 skips; `name value` is the same sample.
+        let lines = text.lines().map(|l| Ok(l.replacen("{} ", " ", 1)));
+        let scrape = prometheus_parse::Scrape::parse(lines)
+            .unwrap_or_else(|e| panic!("cannot parse /stats/prometheus: {e}"));
+        Metrics(scrape.samples)
+    }
+
+    /// The value of the counter, gauge or untyped sample `name` whose label
+    /// set is exactly `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0
+            .iter()
+            .filter(|s| s.metric == name && s.labels.len() == labels.len())
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .find_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    }
+
+    /// Like [`Metrics::value`], panicking with the metric list if absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels).unwrap_or_else(|| {
+            let ours: Vec<String> = self
+                .names()
+                .into_iter()
+                .filter(|n| n.starts_with("traffic_shift"))
+                .collect();
+            panic!(
+                "no sample {name}{labels:?} in /stats/prometheus; traffic_shift metrics: {ours:?}"
+            )
+        })
+    }
+
+    /// Every metric name (histograms under their `_bucket`, `_sum` and
+    /// `_count` names, as PromQL sees them).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for s in &self.0 {
+            if matches!(s.value, prometheus_parse::Value::Histogram(_)) {
+                out.insert(format!("{}_bucket", s.metric));
+            } else {
+                out.insert(s.metric.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Envoy {
+    /// A parsed scrape of `/stats/prometheus`.
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.admin_get("/stats/prometheus").await)
+    }
+
+    /// Scrapes until `ready` holds (histograms appear only after Envoy's
+    /// stats flush, every 5 s by default); the last scrape either way.
+    pub async fn metrics_when(&self, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = self.metrics().await;
+            if ready(&m) || Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }

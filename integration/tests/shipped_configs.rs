@@ -180,3 +180,24 @@ async fn the_demo_config_splits_auth_by_request_and_orders_by_user() {
     let s = send(&c, "GET", &stack.envoy.url("/"), &[]).await;
     assert_eq!(s.served_by.as_deref(), Some("monolith"));
 }
+
+#[test]
+fn stats_tags_are_the_ones_the_filter_names_its_stats_for() {
+    let b = Bootstrap::shipped();
+    let tags: Vec<(String, String)> = b.0["stats_config"]["stats_tags"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["tag_name"].as_str().unwrap().to_string(),
+                t["regex"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = traffic_shift::stats::STATS_TAGS
+        .iter()
+        .map(|(n, r)| (n.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(tags, want);
+}
