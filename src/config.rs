@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::breaker::{self, OnOpen};
 use crate::hash;
 use crate::routes::{Matcher, PathMatch, RouteTable};
 
@@ -49,6 +50,8 @@ pub struct Route {
     pub salt: String,
     /// The route's own key, or the configuration's default.
     pub hash_key: HashKey,
+    /// Local outlier detection for the service; `None`: off.
+    pub outlier: Option<breaker::Settings>,
 }
 
 impl Route {
@@ -353,6 +356,7 @@ fn parse_route(
         path,
         &[
             "name", "prefix", "path", "methods", "service", "percent", "salt", "hash_key",
+            "outlier",
         ],
         errs,
     )?;
@@ -421,7 +425,13 @@ fn parse_route(
         None => default_key.cloned(),
     };
 
+    let outlier = match obj.get("outlier") {
+        None => Some(None),
+        Some(o) => parse_outlier(o, &obj.path("outlier"), errs).map(Some),
+    };
+
     Some(Route {
+        outlier: outlier?,
         name: name?,
         matcher: Matcher {
             path: path_match?,
@@ -431,6 +441,140 @@ fn parse_route(
         basis_points: basis_points?,
         salt: salt?,
         hash_key: hash_key?,
+    })
+}
+
+/// Longest ejection or window accepted: one day.
+const MAX_MS: u64 = 86_400_000;
+
+/// An optional integer field in `min..=max`: `Some(None)` when absent,
+/// `None` (error reported) when invalid.
+fn uint(obj: &Obj<'_>, key: &str, min: u64, max: u64, errs: &mut Errors) -> Option<Option<u64>> {
+    let Some(v) = obj.get(key) else {
+        return Some(None);
+    };
+    match v.as_u64().filter(|n| (min..=max).contains(n)) {
+        Some(n) => Some(Some(n)),
+        None => {
+            let got = match v {
+                Value::Number(n) => n.to_string(),
+                other => other.to_string(),
+            };
+            errs.push(
+                obj.path(key),
+                format!("must be an integer between {min} and {max}, got {got}"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_outlier(v: &Value, path: &str, errs: &mut Errors) -> Option<breaker::Settings> {
+    let obj = Obj::new(
+        v,
+        path,
+        &[
+            "consecutive_failures",
+            "failure_rate",
+            "failure_statuses",
+            "base_ejection_ms",
+            "max_ejection_ms",
+            "half_open_probes",
+            "on_open",
+        ],
+        errs,
+    )?;
+    let d = breaker::Settings::default();
+    let consecutive = uint(&obj, "consecutive_failures", 0, 1_000_000, errs);
+    let base = uint(&obj, "base_ejection_ms", 1, MAX_MS, errs);
+    let max = uint(&obj, "max_ejection_ms", 1, MAX_MS, errs);
+    let probes = uint(&obj, "half_open_probes", 1, 1_000, errs);
+
+    let failure_rate = match obj.get("failure_rate") {
+        None => Some(None),
+        Some(fr) => {
+            let fpath = obj.path("failure_rate");
+            Obj::new(
+                fr,
+                &fpath,
+                &["threshold_percent", "min_requests", "window_ms"],
+                errs,
+            )
+            .and_then(|f| {
+                let threshold = uint(&f, "threshold_percent", 1, 100, errs);
+                let min_requests = uint(&f, "min_requests", 1, 1_000_000, errs);
+                let window = uint(&f, "window_ms", 10, MAX_MS, errs);
+                Some(Some(breaker::FailureRate {
+                    threshold_percent: threshold?.unwrap_or(50) as u32,
+                    min_requests: min_requests?.unwrap_or(20) as u32,
+                    window_ms: window?.unwrap_or(10_000),
+                }))
+            })
+        }
+    };
+
+    let statuses = match obj.get("failure_statuses") {
+        None => Some(d.failure_statuses.clone()),
+        Some(Value::Array(items)) if items.is_empty() => {
+            errs.push(
+                obj.path("failure_statuses"),
+                "must not be empty (set consecutive_failures to 0 and leave out failure_rate to count only proxy failures)",
+            );
+            None
+        }
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_u64().filter(|n| (500..=599).contains(n)) {
+                    Some(n) => out.push(n as u16),
+                    None => errs.push(
+                        format!("{}[{i}]", obj.path("failure_statuses")),
+                        format!("must be a 5xx status code (500 to 599), got {item}"),
+                    ),
+                }
+            }
+            (out.len() == items.len()).then_some(out)
+        }
+        Some(other) => {
+            errs.push(
+                obj.path("failure_statuses"),
+                format!("must be an array, got {}", kind(other)),
+            );
+            None
+        }
+    };
+
+    let on_open = match obj.string("on_open", errs) {
+        None if obj.get("on_open").is_none() => Some(OnOpen::Fallback),
+        None => None,
+        Some("fallback") => Some(OnOpen::Fallback),
+        Some("reject") => Some(OnOpen::Reject),
+        Some(other) => {
+            errs.push(
+                obj.path("on_open"),
+                format!("must be \"fallback\" or \"reject\", got \"{other}\""),
+            );
+            None
+        }
+    };
+
+    let base_ms = base?.unwrap_or(d.base_ejection_ms);
+    let max_ms = max?.unwrap_or(d.max_ejection_ms.max(base_ms));
+    if max_ms < base_ms {
+        errs.push(
+            obj.path("max_ejection_ms"),
+            format!("must not be less than base_ejection_ms ({base_ms}), got {max_ms}"),
+        );
+        return None;
+    }
+    Some(breaker::Settings {
+        consecutive_failures: consecutive?.map_or(d.consecutive_failures, |n| n as u32),
+        failure_rate: failure_rate?,
+        failure_statuses: statuses?,
+        base_ejection_ms: base_ms,
+        max_ejection_ms: max_ms,
+        half_open_probes: probes?.map_or(d.half_open_probes, |n| n as u32),
+        on_open: on_open?,
     })
 }
 

@@ -7,6 +7,7 @@
 //! Where things live:
 //! - [`config`]: plugin configuration JSON -> validated [`config::Config`];
 //!   every error names its field path.
+//! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
@@ -23,6 +24,7 @@
     )
 )]
 
+pub mod breaker;
 pub mod config;
 pub mod cookie;
 pub mod hash;

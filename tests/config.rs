@@ -92,7 +92,7 @@ fn first_slice_error_list_exact_messages() {
         ),
         (
             route(&format!(r#"{OK_ROUTE}, "prcent": 20"#)),
-            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key"],
+            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier"],
         ),
         (
             r#"{"monolith": "m", "hash_key": {"header": "x-id", "hdr": "x"}}"#.into(),
@@ -267,5 +267,122 @@ fn hostile_bytes_never_panic() {
         b"nul\x00l",
     ] {
         assert!(Config::from_json(input).is_err());
+    }
+}
+
+#[test]
+fn outlier_defaults_and_overrides() {
+    use traffic_shift::breaker::{FailureRate, OnOpen, Settings};
+    let c = Config::from_json(route(OK_ROUTE).as_bytes()).unwrap();
+    assert_eq!(c.routes[0].outlier, None, "no outlier object: no breaker");
+
+    let c =
+        Config::from_json(route(&format!(r#"{OK_ROUTE}, "outlier": {{}}"#)).as_bytes()).unwrap();
+    assert_eq!(
+        c.routes[0].outlier,
+        Some(Settings {
+            consecutive_failures: 5,
+            failure_rate: None,
+            failure_statuses: vec![500, 502, 503, 504],
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            half_open_probes: 1,
+            on_open: OnOpen::Fallback,
+        })
+    );
+
+    let c = Config::from_json(
+        route(&format!(
+            r#"{OK_ROUTE}, "outlier": {{"consecutive_failures": 0, "failure_rate": {{}},
+                "failure_statuses": [503], "base_ejection_ms": 1000, "max_ejection_ms": 1000,
+                "half_open_probes": 3, "on_open": "reject"}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].outlier,
+        Some(Settings {
+            consecutive_failures: 0,
+            failure_rate: Some(FailureRate {
+                threshold_percent: 50,
+                min_requests: 20,
+                window_ms: 10_000
+            }),
+            failure_statuses: vec![503],
+            base_ejection_ms: 1000,
+            max_ejection_ms: 1000,
+            half_open_probes: 3,
+            on_open: OnOpen::Reject,
+        })
+    );
+    // A base above the default max raises the max with it.
+    let c = Config::from_json(
+        route(&format!(
+            r#"{OK_ROUTE}, "outlier": {{"base_ejection_ms": 600000}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].outlier.as_ref().unwrap().max_ejection_ms,
+        600_000
+    );
+}
+
+#[test]
+fn outlier_errors_exact_messages() {
+    let o = |body: &str| route(&format!(r#"{OK_ROUTE}, "outlier": {body}"#));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (o("true"), vec!["routes[0].outlier: must be an object, got boolean"]),
+        (
+            o(r#"{"consecutive": 5}"#),
+            vec!["routes[0].outlier.consecutive: unknown field; expected one of: consecutive_failures, failure_rate, failure_statuses, base_ejection_ms, max_ejection_ms, half_open_probes, on_open"],
+        ),
+        (
+            o(r#"{"consecutive_failures": -1}"#),
+            vec!["routes[0].outlier.consecutive_failures: must be an integer between 0 and 1000000, got -1"],
+        ),
+        (
+            o(r#"{"base_ejection_ms": 0}"#),
+            vec!["routes[0].outlier.base_ejection_ms: must be an integer between 1 and 86400000, got 0"],
+        ),
+        (
+            o(r#"{"base_ejection_ms": 1.5}"#),
+            vec!["routes[0].outlier.base_ejection_ms: must be an integer between 1 and 86400000, got 1.5"],
+        ),
+        (
+            o(r#"{"base_ejection_ms": 5000, "max_ejection_ms": 1000}"#),
+            vec!["routes[0].outlier.max_ejection_ms: must not be less than base_ejection_ms (5000), got 1000"],
+        ),
+        (
+            o(r#"{"half_open_probes": 0}"#),
+            vec!["routes[0].outlier.half_open_probes: must be an integer between 1 and 1000, got 0"],
+        ),
+        (
+            o(r#"{"failure_rate": {"threshold_percent": 0, "window": 5}}"#),
+            vec![
+                "routes[0].outlier.failure_rate.window: unknown field; expected one of: threshold_percent, min_requests, window_ms",
+                "routes[0].outlier.failure_rate.threshold_percent: must be an integer between 1 and 100, got 0",
+            ],
+        ),
+        (
+            o(r#"{"failure_statuses": [500, 404, "503"]}"#),
+            vec![
+                "routes[0].outlier.failure_statuses[1]: must be a 5xx status code (500 to 599), got 404",
+                r#"routes[0].outlier.failure_statuses[2]: must be a 5xx status code (500 to 599), got "503""#,
+            ],
+        ),
+        (
+            o(r#"{"failure_statuses": []}"#),
+            vec!["routes[0].outlier.failure_statuses: must not be empty (set consecutive_failures to 0 and leave out failure_rate to count only proxy failures)"],
+        ),
+        (
+            o(r#"{"on_open": "drop"}"#),
+            vec![r#"routes[0].outlier.on_open: must be "fallback" or "reject", got "drop""#],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
     }
 }
