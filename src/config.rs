@@ -55,6 +55,29 @@ pub struct Route {
 }
 
 impl Route {
+    /// The shared-data key of this route's breaker state, if it has one.
+    /// It changes when the route's name, service or outlier settings change
+    /// (a fresh breaker) but not with its percent, so ramping keeps the
+    /// state and the number of keys stays bounded by distinct
+    /// (name, service, outlier) combinations.
+    pub fn breaker_key(&self) -> Option<String> {
+        let o = self.outlier.as_ref()?;
+        let identity = format!(
+            "{}|{}|{}|{:?}|{:?}|{}|{}|{}|{:?}",
+            self.name,
+            self.service,
+            o.consecutive_failures,
+            o.failure_rate,
+            o.failure_statuses,
+            o.base_ejection_ms,
+            o.max_ejection_ms,
+            o.half_open_probes,
+            o.on_open
+        );
+        let id = hash::fnv64(identity.as_bytes());
+        Some(format!("traffic_shift.breaker.{}.{id:016x}", self.name))
+    }
+
     /// The side a request with this key goes to. A missing (or empty) key
     /// goes to the monolith.
     pub fn decide(&self, key: Option<&[u8]>) -> Target {

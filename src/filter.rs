@@ -8,19 +8,29 @@
 //!    re-evaluates the route, whose header match sends the request there),
 //!    count the request and note the time.
 //!
+//! When the route has a breaker and the split chose the service, the
+//! breaker's process-wide state (shared data, compare-and-swap) decides
+//! whether the service gets the request, a probe, or neither (fallback to
+//! the monolith, or a 503 with `Retry-After`).
+//!
 //! In `on_http_response_headers`, for matched requests only: read `:status`
-//! (and `response.flags` for a 5xx) and the time, and count the outcome.
+//! (and `response.flags` for a 5xx) and the time, count the outcome, and feed
+//! outcomes of requests sent to the service to the breaker.
+//!
+//! A tick (1 s, per VM) runs the breaker's time-driven transitions and keeps
+//! the state gauge current when no requests come.
 
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
-use crate::config::{Config, HashKey, Target, DEFAULT_TARGET_HEADER};
+use crate::breaker::{Admission, Breaker, OnOpen, Transition};
+use crate::config::{Config, HashKey, Route, Target, DEFAULT_TARGET_HEADER};
 use crate::cookie;
-use crate::stats::{self, FailureOrigin, Kind, RouteStats};
+use crate::stats::{self, BreakerStats, FailureOrigin, Kind, RouteStats};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -34,7 +44,69 @@ struct Shared {
     config: Config,
     /// Index = route index.
     stats: Vec<RouteStats<Id>>,
+    /// Index = route index; `None` for routes without `outlier`.
+    breakers: Vec<Option<BreakerSlot>>,
     unmatched: Id,
+}
+
+/// Where a route's breaker state lives and what it reports to.
+struct BreakerSlot {
+    key: String,
+    stats: BreakerStats<Id>,
+}
+
+/// How often each VM runs the breakers' time-driven transitions.
+const TICK: Duration = Duration::from_secs(1);
+/// Compare-and-swap attempts before an update is dropped.
+const CAS_ATTEMPTS: usize = 32;
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs `f` on the breaker state stored at `key` and stores the result,
+/// retrying on a concurrent write. `f` may run several times; only the
+/// result of the run that was stored is returned.
+fn update_breaker<R>(key: &str, mut f: impl FnMut(&mut Breaker) -> R) -> Option<(R, Breaker)> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (bytes, cas) = hostcalls::get_shared_data(key).ok()?;
+        let before = bytes.unwrap_or_default();
+        let mut b = Breaker::decode(&before).unwrap_or_default();
+        let r = f(&mut b);
+        let after = b.encode();
+        if after == before || hostcalls::set_shared_data(key, Some(&after), cas).is_ok() {
+            return Some((r, b));
+        }
+    }
+    log::warn!("breaker {key}: update dropped after {CAS_ATTEMPTS} concurrent writes");
+    None
+}
+
+/// Logs a transition and counts openings.
+fn report(route: &Route, slot: &BreakerSlot, t: &Transition) {
+    if t.to == crate::breaker::State::Open {
+        increment(slot.stats.opened);
+        log::warn!(
+            "breaker of route \"{}\" (service {}): {:?} -> Open: {}; service ejected for {} ms",
+            route.name,
+            route.service,
+            t.from,
+            t.reason,
+            t.ejection_ms
+        );
+    } else {
+        log::warn!(
+            "breaker of route \"{}\" (service {}): {:?} -> {:?}: {}",
+            route.name,
+            route.service,
+            t.from,
+            t.to,
+            t.reason
+        );
+    }
 }
 
 fn define(kind: Kind, name: &str) -> Id {
@@ -84,6 +156,27 @@ impl RootContext for Root {
         for (route, s) in config.routes.iter().zip(&stats) {
             record(s.effective_bp, u64::from(route.basis_points));
         }
+        let breakers: Vec<Option<BreakerSlot>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                let key = r.breaker_key()?;
+                // Create the key if absent, so that every later update is a
+                // compare-and-swap (a set without CAS on a missing key could
+                // lose a concurrent transition).
+                if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
+                    let _ =
+                        hostcalls::set_shared_data(&key, Some(&Breaker::default().encode()), None);
+                }
+                Some(BreakerSlot {
+                    stats: BreakerStats::define(&r.name, &mut define),
+                    key,
+                })
+            })
+            .collect();
+        if breakers.iter().any(Option::is_some) {
+            let _ = hostcalls::set_tick_period(TICK);
+        }
         log::info!(
             "configured: {} route(s), monolith cluster \"{}\", target header \"{}\"",
             config.routes.len(),
@@ -94,8 +187,28 @@ impl RootContext for Root {
             unmatched: define(Kind::Counter, &stats::unmatched_name()),
             config,
             stats,
+            breakers,
         }));
+        self.on_tick();
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = now_ms();
+        for (route, slot) in shared.config.routes.iter().zip(&shared.breakers) {
+            let (Some(settings), Some(slot)) = (&route.outlier, slot) else {
+                continue;
+            };
+            if let Some((t, b)) = update_breaker(&slot.key, |b| b.advance(settings, now)) {
+                if let Some(t) = t {
+                    report(route, slot, &t);
+                }
+                record(slot.stats.state, b.state() as u64);
+            }
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -115,6 +228,9 @@ struct Pending {
     route: usize,
     target: Target,
     start: SystemTime,
+    /// Sent to the service under a breaker (`Some(true)`: as a probe): its
+    /// outcome goes to the breaker.
+    breaker_probe: Option<bool>,
 }
 
 struct Shift {
@@ -157,18 +273,56 @@ impl HttpContext for Shift {
                 .get_http_request_header_bytes("cookie")
                 .and_then(|h| cookie::find(&h, name.as_bytes()).map(<[u8]>::to_vec)),
         };
-        let target = route.decide(key.as_deref());
-        self.set_http_request_header(&config.target_header, Some(config.cluster(route, target)));
-        if let Some(s) = shared.stats.get(index) {
+        let mut target = route.decide(key.as_deref());
+        let stats = shared.stats.get(index);
+        if let Some(s) = stats {
             if key.as_deref().is_none_or(<[u8]>::is_empty) {
                 increment(s.key_missing);
             }
+        }
+        let mut breaker_probe = None;
+        let slot = shared.breakers.get(index).and_then(Option::as_ref);
+        if let (Target::Service, Some(settings), Some(slot)) = (target, &route.outlier, slot) {
+            let now = now_ms();
+            let admitted = update_breaker(&slot.key, |b| b.admit(settings, now));
+            let admission = match admitted {
+                Some(((admission, t), b)) => {
+                    if let Some(t) = t {
+                        report(route, slot, &t);
+                        record(slot.stats.state, b.state() as u64);
+                    }
+                    admission
+                }
+                None => Admission::Pass,
+            };
+            match admission {
+                Admission::Pass => breaker_probe = Some(false),
+                Admission::Probe => breaker_probe = Some(true),
+                Admission::Blocked { .. } if settings.on_open == OnOpen::Fallback => {
+                    increment(slot.stats.fallback);
+                    target = Target::Monolith;
+                }
+                Admission::Blocked { retry_after_ms } => {
+                    increment(slot.stats.fast_fail);
+                    let seconds = retry_after_ms.div_ceil(1000).max(1).to_string();
+                    self.send_http_response(
+                        503,
+                        vec![("retry-after", &seconds), ("x-shift-breaker", "open")],
+                        Some(b"service unavailable: circuit breaker open\n"),
+                    );
+                    return Action::Pause;
+                }
+            }
+        }
+        self.set_http_request_header(&config.target_header, Some(config.cluster(route, target)));
+        if let Some(s) = stats {
             increment(s.target(target).rq_total);
         }
         self.pending = Some(Pending {
             route: index,
             target,
             start: self.get_current_time(),
+            breaker_probe,
         });
         Action::Continue
     }
@@ -184,6 +338,7 @@ impl HttpContext for Shift {
             return Action::Continue;
         };
         let s = s.target(p.target);
+        let route = shared.config.routes.get(p.route);
         let status = self
             .get_http_response_header_bytes(":status")
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
@@ -209,6 +364,20 @@ impl HttpContext for Shift {
             .duration_since(p.start)
             .map_or(0, |d| d.as_millis() as u64);
         record(s.upstream_rq_time, elapsed);
+
+        let slot = shared.breakers.get(p.route).and_then(Option::as_ref);
+        if let (Some(probe), Some(route), Some(slot)) = (p.breaker_probe, route, slot) {
+            if let Some(settings) = &route.outlier {
+                let failure = settings.is_failure(status, flags != 0);
+                let now = now_ms();
+                if let Some((Some(t), b)) =
+                    update_breaker(&slot.key, |b| b.record(settings, now, failure, probe))
+                {
+                    report(route, slot, &t);
+                    record(slot.stats.state, b.state() as u64);
+                }
+            }
+        }
         Action::Continue
     }
 }

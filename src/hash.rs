@@ -23,6 +23,13 @@ pub fn bucket(salt: &[u8], key: &[u8]) -> u16 {
     (h.finish() % BUCKETS) as u16
 }
 
+/// Plain FNV-1a 64 of `bytes` (for identifiers, not for the split).
+pub fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    h.write(bytes);
+    h.finish()
+}
+
 /// Whether a key in `bucket` is shifted to the service at `basis_points`.
 pub fn shifted(bucket: u16, basis_points: u16) -> bool {
     bucket < basis_points

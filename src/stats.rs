@@ -139,6 +139,31 @@ impl<Id> TargetStats<Id> {
     }
 }
 
+/// The breaker stats of a route that has `outlier` configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerStats<Id> {
+    /// Counter: transitions to open.
+    pub opened: Id,
+    /// Counter: requests answered 503 at once (`on_open: reject`).
+    pub fast_fail: Id,
+    /// Counter: requests sent to the monolith instead (`on_open: fallback`).
+    pub fallback: Id,
+    /// Gauge: 0 closed, 1 open, 2 half-open.
+    pub state: Id,
+}
+
+impl<Id> BreakerStats<Id> {
+    pub fn define(route: &str, define: &mut impl FnMut(Kind, &str) -> Id) -> Self {
+        let b = format!("{PREFIX}.route.{route}.breaker");
+        BreakerStats {
+            opened: define(Kind::Counter, &format!("{b}.opened")),
+            fast_fail: define(Kind::Counter, &format!("{b}.fast_fail")),
+            fallback: define(Kind::Counter, &format!("{b}.fallback")),
+            state: define(Kind::Gauge, &format!("{b}.state")),
+        }
+    }
+}
+
 /// Name of the global counter of requests that matched no route.
 pub fn unmatched_name() -> String {
     format!("{PREFIX}.unmatched")
@@ -238,5 +263,31 @@ mod tests {
             )
         );
         assert_eq!(unmatched_name(), "traffic_shift.unmatched");
+
+        let mut names = Vec::new();
+        BreakerStats::define("auth", &mut |kind, name: &str| {
+            names.push((kind, name.to_string()))
+        });
+        assert_eq!(
+            names,
+            vec![
+                (
+                    Kind::Counter,
+                    "traffic_shift.route.auth.breaker.opened".to_string()
+                ),
+                (
+                    Kind::Counter,
+                    "traffic_shift.route.auth.breaker.fast_fail".to_string()
+                ),
+                (
+                    Kind::Counter,
+                    "traffic_shift.route.auth.breaker.fallback".to_string()
+                ),
+                (
+                    Kind::Gauge,
+                    "traffic_shift.route.auth.breaker.state".to_string()
+                ),
+            ]
+        );
     }
 }

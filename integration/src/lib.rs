@@ -105,6 +105,18 @@ impl Upstream {
         self.child.id()
     }
 
+    /// Changes how the upstream answers from now on (`status` or
+    /// `delay-ms`), through its control endpoint.
+    pub async fn set(&self, setting: &str, value: u64) {
+        let url = format!("http://{}/__upstream/{setting}/{value}", self.addr);
+        let resp = reqwest::Client::new()
+            .put(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(resp.status(), 204, "{url}");
+    }
+
     /// Kills the process now (its port then refuses connections); the
     /// value keeps its name and address.
     pub fn stop(&mut self) {

@@ -5,13 +5,18 @@
 //! Prints `listening on ADDR` as its first line of stdout, then answers every
 //! request with the configured status, a header `x-served-by: NAME` and a JSON
 //! body `{"served_by": NAME, "headers": {...request headers...}}` so tests can
-//! see exactly what reached the upstream. `--bare` (for load tests) answers
+//! see exactly what reached the upstream.
+//!
+//! Control (for tests, straight to the upstream, not through Envoy):
+//! `PUT /__upstream/status/<code>` and `PUT /__upstream/delay-ms/<ms>` change
+//! how every later request is answered. `--bare` (for load tests) answers
 //! with just the header and the name, to keep the upstream's CPU out of the
 //! way of what is measured.
 
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +31,8 @@ use tokio::net::TcpListener;
 struct Opts {
     name: String,
     listen: SocketAddr,
-    status: StatusCode,
-    delay: Duration,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
     threads: usize,
     bare: bool,
 }
@@ -36,8 +41,8 @@ fn parse_args() -> Result<Opts, String> {
     let mut opts = Opts {
         name: "upstream".into(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        status: StatusCode::OK,
-        delay: Duration::ZERO,
+        status: AtomicU16::new(200),
+        delay_ms: AtomicU64::new(0),
         threads: 2,
         bare: false,
     };
@@ -52,15 +57,16 @@ fn parse_args() -> Result<Opts, String> {
             "--name" => opts.name = value,
             "--listen" => opts.listen = value.parse().map_err(|e| format!("--listen: {e}"))?,
             "--status" => {
-                opts.status = value
+                let code = value
                     .parse::<u16>()
                     .ok()
-                    .and_then(|s| StatusCode::from_u16(s).ok())
-                    .ok_or(format!("--status: not a status code: {value}"))?
+                    .filter(|s| StatusCode::from_u16(*s).is_ok())
+                    .ok_or(format!("--status: not a status code: {value}"))?;
+                opts.status = AtomicU16::new(code);
             }
             "--delay-ms" => {
-                opts.delay =
-                    Duration::from_millis(value.parse().map_err(|e| format!("--delay-ms: {e}"))?)
+                opts.delay_ms =
+                    AtomicU64::new(value.parse().map_err(|e| format!("--delay-ms: {e}"))?)
             }
             "--threads" => opts.threads = value.parse().map_err(|e| format!("--threads: {e}"))?,
             other => return Err(format!("unknown flag {other}")),
@@ -69,13 +75,47 @@ fn parse_args() -> Result<Opts, String> {
     Ok(opts)
 }
 
-async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    if !opts.delay.is_zero() {
-        tokio::time::sleep(opts.delay).await;
+/// `PUT /__upstream/<setting>/<value>`: changes a setting, answers 204.
+fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response<Full<Bytes>>> {
+    let rest = req.uri().path().strip_prefix("/__upstream/")?;
+    if req.method() != hyper::Method::PUT {
+        return None;
     }
+    let (setting, value) = rest.split_once('/')?;
+    let ok = match setting {
+        "status" => value
+            .parse::<u16>()
+            .ok()
+            .filter(|s| StatusCode::from_u16(*s).is_ok())
+            .map(|s| opts.status.store(s, Ordering::SeqCst))
+            .is_some(),
+        "delay-ms" => value
+            .parse::<u64>()
+            .map(|d| opts.delay_ms.store(d, Ordering::SeqCst))
+            .is_ok(),
+        _ => false,
+    };
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = if ok {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Some(resp)
+}
+
+async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if let Some(resp) = control(&opts, &req) {
+        return resp;
+    }
+    let delay = opts.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(opts.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
     if opts.bare {
         let mut resp = Response::new(Full::new(Bytes::from(opts.name.clone())));
-        *resp.status_mut() = opts.status;
+        *resp.status_mut() = status;
         if let Ok(v) = opts.name.parse() {
             resp.headers_mut().insert("x-served-by", v);
         }
@@ -93,7 +133,7 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
         .collect();
     let body = serde_json::json!({"served_by": opts.name, "headers": headers}).to_string();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = opts.status;
+    *resp.status_mut() = status;
     if let Ok(v) = opts.name.parse() {
         resp.headers_mut().insert("x-served-by", v);
     }
