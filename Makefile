@@ -30,6 +30,7 @@ bench: build envoy wrk plot-deps
 	$(CARGO) build --quiet --profile tools -p integration --bins
 	target/tools/bench
 	$(VENV)/bin/python integration/bench/plot.py target/bench/results.json target/bench/latency.png
+	$(CARGO) bench -p traffic-shift --bench decision -- --warm-up-time 1 --measurement-time 3
 
 wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; }

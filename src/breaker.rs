@@ -346,9 +346,12 @@ impl Breaker {
         }
     }
 
-    /// Fixed little-endian layout, versioned by its first byte.
+    /// Little-endian layout, versioned by its first byte. The failure-rate
+    /// window is written only when it holds something, so breakers without
+    /// `failure_rate` stay at [`HEAD_LEN`] bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENCODED_LEN);
+        let with_slots = self.slots.iter().any(|sl| *sl != Slot::default());
+        let mut out = Vec::with_capacity(if with_slots { FULL_LEN } else { HEAD_LEN });
         out.push(1u8);
         out.push(self.state as u8);
         for v in [
@@ -361,6 +364,9 @@ impl Breaker {
         }
         out.extend_from_slice(&self.since_or_until.to_le_bytes());
         out.extend_from_slice(&self.last_ejection_ms.to_le_bytes());
+        if !with_slots {
+            return out;
+        }
         for sl in &self.slots {
             out.extend_from_slice(&sl.epoch.to_le_bytes());
             out.extend_from_slice(&sl.requests.to_le_bytes());
@@ -372,7 +378,7 @@ impl Breaker {
     /// The inverse of [`Breaker::encode`]; `None` for anything else
     /// (including an empty value: treat as a fresh breaker).
     pub fn decode(bytes: &[u8]) -> Option<Breaker> {
-        if bytes.len() != ENCODED_LEN || bytes.first() != Some(&1) {
+        if !(bytes.len() == HEAD_LEN || bytes.len() == FULL_LEN) || bytes.first() != Some(&1) {
             return None;
         }
         let mut r = Reader(bytes.get(1..)?);
@@ -392,6 +398,9 @@ impl Breaker {
             last_ejection_ms: r.u64()?,
             slots: [Slot::default(); SLOTS],
         };
+        if bytes.len() == HEAD_LEN {
+            return Some(b);
+        }
         for sl in &mut b.slots {
             *sl = Slot {
                 epoch: r.u64()?,
@@ -403,7 +412,9 @@ impl Breaker {
     }
 }
 
-const ENCODED_LEN: usize = 2 + 4 * 4 + 8 * 2 + SLOTS * 16;
+/// Encoded size without / with the failure-rate window.
+pub const HEAD_LEN: usize = 2 + 4 * 4 + 8 * 2;
+const FULL_LEN: usize = HEAD_LEN + SLOTS * 16;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -712,9 +723,24 @@ mod tests {
         let b = Breaker::default();
         assert_eq!(Breaker::decode(&b.encode()), Some(b.clone()));
         assert_eq!(Breaker::decode(&[]), None);
-        assert_eq!(Breaker::decode(&[2; ENCODED_LEN]), None);
+        assert_eq!(b.encode().len(), HEAD_LEN);
+        assert_eq!(Breaker::decode(&[2; HEAD_LEN]), None);
+        assert_eq!(Breaker::decode(&[1; HEAD_LEN + 1]), None);
         let mut bad = b.encode();
         bad[1] = 7;
         assert_eq!(Breaker::decode(&bad), None);
+        // With a window, the slots travel too.
+        let s = Settings {
+            failure_rate: Some(FailureRate {
+                threshold_percent: 90,
+                min_requests: 100,
+                window_ms: 1000,
+            }),
+            ..Settings::default()
+        };
+        let mut w = Breaker::default();
+        w.record(&s, 5_000, true, false);
+        assert_eq!(w.encode().len(), FULL_LEN);
+        assert_eq!(Breaker::decode(&w.encode()), Some(w));
     }
 }

@@ -5,11 +5,9 @@
 //! route in configuration order that matches (path and, if listed, method)
 //! wins.
 //!
-//! Cost is flat in the number of routes: exact paths sit in a hash map and
-//! prefixes in a byte trie, so a lookup walks the request path once whatever
-//! the size of the table.
-
-use std::collections::HashMap;
+//! Cost is flat in the number of routes: prefixes and exact paths sit in one
+//! radix trie, so a lookup walks the request path once whatever the size of
+//! the table.
 
 /// How a route matches the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,21 +35,27 @@ impl Matcher {
     }
 }
 
+/// A node of the radix (path-compressed) trie of prefixes.
 #[derive(Debug, Default)]
 struct Node {
-    /// Children by next byte, sorted by byte.
-    edges: Vec<(u8, u32)>,
-    /// Routes whose prefix ends here, in configuration order.
+    /// The bytes on the edge leading here.
+    label: Box<[u8]>,
+    /// First byte of each child's label, sorted; `children[i]` goes with it.
+    first: Vec<u8>,
+    children: Vec<u32>,
+    /// Routes whose prefix ends exactly here, in configuration order.
     routes: Vec<u32>,
+    /// Routes whose exact path ends here, in configuration order.
+    exact: Vec<u32>,
 }
 
 /// Index from request (method, path) to the first matching route.
 #[derive(Debug)]
 pub struct RouteTable {
     matchers: Vec<Matcher>,
-    /// Prefix trie; node 0 is the root (the empty prefix).
+    /// Radix trie of prefixes and exact paths; node 0 is the root (the
+    /// empty prefix).
     nodes: Vec<Node>,
-    exact: HashMap<Box<[u8]>, Vec<u32>, fnv::FnvBuildHasher>,
 }
 
 impl RouteTable {
@@ -60,17 +64,15 @@ impl RouteTable {
         let mut table = RouteTable {
             matchers: Vec::new(),
             nodes: vec![Node::default()],
-            exact: HashMap::default(),
         };
         for (i, m) in matchers.iter().enumerate() {
             let id = i as u32;
-            match &m.path {
-                PathMatch::Exact(p) => table.exact.entry(p.as_bytes().into()).or_default().push(id),
-                PathMatch::Prefix(p) => {
-                    let node = table.insert_prefix(p.as_bytes());
-                    if let Some(n) = table.nodes.get_mut(node) {
-                        n.routes.push(id);
-                    }
+            let (PathMatch::Exact(p) | PathMatch::Prefix(p)) = &m.path;
+            let node = table.insert_prefix(p.as_bytes());
+            if let Some(n) = table.nodes.get_mut(node) {
+                match &m.path {
+                    PathMatch::Exact(_) => n.exact.push(id),
+                    PathMatch::Prefix(_) => n.routes.push(id),
                 }
             }
         }
@@ -78,33 +80,73 @@ impl RouteTable {
         table
     }
 
-    fn insert_prefix(&mut self, prefix: &[u8]) -> usize {
+    fn push(&mut self, node: Node) -> u32 {
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as u32
+    }
+
+    /// The node for `prefix`, created (splitting an edge if needed).
+    fn insert_prefix(&mut self, mut rest: &[u8]) -> usize {
         let mut at = 0usize;
-        for &b in prefix {
-            let next_id = self.nodes.len() as u32;
-            let Some(node) = self.nodes.get_mut(at) else {
+        while let Some(&b) = rest.first() {
+            let Some(node) = self.nodes.get(at) else {
                 return at;
             };
-            at = match node.edges.binary_search_by_key(&b, |e| e.0) {
-                Ok(i) => node.edges.get(i).map_or(0, |e| e.1 as usize),
-                Err(i) => {
-                    node.edges.insert(i, (b, next_id));
-                    self.nodes.push(Node::default());
-                    next_id as usize
+            let slot = node.first.binary_search(&b);
+            let Ok(slot) = slot else {
+                // No edge starts with `b`: a new leaf takes the rest.
+                let leaf = self.push(Node {
+                    label: rest.into(),
+                    ..Node::default()
+                });
+                if let Some(node) = self.nodes.get_mut(at) {
+                    let i = node.first.binary_search(&b).unwrap_or_else(|i| i);
+                    node.first.insert(i, b);
+                    node.children.insert(i, leaf);
                 }
+                return leaf as usize;
             };
+            let Some(&child) = node.children.get(slot) else {
+                return at;
+            };
+            let label = self
+                .nodes
+                .get(child as usize)
+                .map(|c| c.label.clone())
+                .unwrap_or_default();
+            let common = label.iter().zip(rest).take_while(|(x, y)| x == y).count();
+            if common < label.len() {
+                // Split the edge: a middle node gets the common part, the
+                // old child keeps the remainder of its label.
+                let (head, tail) = label.split_at(common);
+                let tail_first = tail.first().copied().unwrap_or(0);
+                let middle = self.push(Node {
+                    label: head.into(),
+                    first: vec![tail_first],
+                    children: vec![child],
+                    ..Node::default()
+                });
+                if let Some(c) = self.nodes.get_mut(child as usize) {
+                    c.label = tail.into();
+                }
+                if let Some(c) = self
+                    .nodes
+                    .get_mut(at)
+                    .and_then(|n| n.children.get_mut(slot))
+                {
+                    *c = middle;
+                }
+                at = middle as usize;
+            } else {
+                at = child as usize;
+            }
+            rest = rest.get(common..).unwrap_or_default();
         }
         at
     }
 
     /// The index of the first route matching `method` and `path`, if any.
     pub fn find(&self, method: &[u8], path: &[u8]) -> Option<usize> {
-        let end = path
-            .iter()
-            .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(path.len());
-        let path = path.get(..end).unwrap_or(path);
-
         let mut best: Option<u32> = None;
         let mut consider = |ids: &[u32]| {
             // `ids` is in configuration order: the first acceptable one is
@@ -120,20 +162,30 @@ impl RouteTable {
             }
         };
 
-        if let Some(ids) = self.exact.get(path) {
-            consider(ids);
-        }
+        // Prefixes and exact paths never contain '?' or '#' (config
+        // validation), so the walk stops at the query string by itself.
         let mut node = self.nodes.first();
-        let mut bytes = path.iter();
+        let mut last = node;
+        let mut rest = path;
         while let Some(n) = node {
-            consider(&n.routes);
-            node = bytes.next().and_then(|b| {
-                n.edges
-                    .binary_search_by_key(b, |e| e.0)
-                    .ok()
-                    .and_then(|i| n.edges.get(i))
-                    .and_then(|e| self.nodes.get(e.1 as usize))
+            if !n.routes.is_empty() {
+                consider(&n.routes);
+            }
+            last = Some(n);
+            node = rest.first().and_then(|b| {
+                let i = n.first.iter().position(|f| f == b)?;
+                let child = self.nodes.get(*n.children.get(i)? as usize)?;
+                let after = rest.strip_prefix(&*child.label)?;
+                rest = after;
+                Some(child)
             });
+        }
+        // The walk consumed the whole path (up to a query or fragment): the
+        // last node is the path itself, where its exact routes hang.
+        if matches!(rest.first(), None | Some(b'?' | b'#')) {
+            if let Some(n) = last.filter(|n| !n.exact.is_empty()) {
+                consider(&n.exact);
+            }
         }
         best.map(|b| b as usize)
     }
@@ -216,6 +268,23 @@ mod tests {
         assert_eq!(t.find(b"GET", b"/a/b"), Some(0));
         let t = RouteTable::new(vec![prefix("/a/"), exact("/a/b")]);
         assert_eq!(t.find(b"GET", b"/a/b"), Some(0));
+    }
+
+    #[test]
+    fn edges_split_when_prefixes_share_a_part() {
+        let t = RouteTable::new(vec![
+            prefix("/api/v1/users/"),
+            prefix("/api/v2/"),
+            prefix("/api/"),
+            prefix("/ap"),
+            prefix("/api/v1/"),
+        ]);
+        assert_eq!(t.find(b"GET", b"/api/v1/users/7"), Some(0));
+        assert_eq!(t.find(b"GET", b"/api/v1/orders"), Some(2));
+        assert_eq!(t.find(b"GET", b"/api/v2/x"), Some(1));
+        assert_eq!(t.find(b"GET", b"/api/v3"), Some(2));
+        assert_eq!(t.find(b"GET", b"/apx"), Some(3));
+        assert_eq!(t.find(b"GET", b"/a"), None);
     }
 
     #[test]

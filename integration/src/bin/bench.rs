@@ -6,7 +6,8 @@
 //!   b  native `weighted_clusters`, 10 % to auth_service
 //!   c  a Lua filter doing the same hash split (integration/bench/split.lua)
 //!   d  traffic-shift with an empty route table (the wasm floor)
-//!   e  traffic-shift with the split (10 % of /api/auth/ to auth_service)
+//!   e  traffic-shift with the split (10 % of /api/auth/ to auth_service),
+//!      its stats and a breaker on the route
 //! then drives each in turn with wrk (same load, interleaved rounds
 //! a b c d e, a b c d e, ... so machine drift hits all alike) and reports
 //! medians and the per-round ratio to (b). Bounded: rounds x variants x
@@ -45,7 +46,8 @@ const ROUTER: &str = r#"{name: envoy.filters.http.router, typed_config: {"@type"
 /// The variants, keyed a..e, built from the shipped config.
 fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
     let split_config = r#"{"monolith": "monolith", "routes": [
-        {"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10}]}"#;
+        {"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10,
+         "outlier": {}}]}"#;
 
     let mut a = base.clone();
     hcm(&mut a)["http_filters"] = Yaml::Sequence(vec![yaml(ROUTER)]);
@@ -77,7 +79,7 @@ fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
         ("b", "native weighted_clusters", b),
         ("c", "Lua hash split", c),
         ("d", "traffic-shift, no routes (wasm floor)", d),
-        ("e", "traffic-shift, split", e),
+        ("e", "traffic-shift, split + stats + breaker", e),
     ]
 }
 

@@ -1,0 +1,94 @@
+//! The per-request decision path, natively: route lookup + hash (+ the
+//! breaker check) with 1, 100 and 1,000 routes. Targets (issue 7): <= 100 ns
+//! with 1 route, <= 150 ns with 1,000, flat in the number of routes.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use traffic_shift::breaker::Breaker;
+use traffic_shift::config::{Config, Target};
+
+/// `n` routes: two thirds prefixes, one third exact paths, one of each
+/// restricted to POST, all with a breaker when `outlier`.
+fn config(n: usize, outlier: bool) -> Config {
+    let routes: Vec<String> = (0..n)
+        .map(|i| {
+            let matcher = if i % 3 == 2 {
+                format!(r#""path": "/api/v1/svc{i}/items""#)
+            } else {
+                format!(r#""prefix": "/api/v1/svc{i}/""#)
+            };
+            let methods = if i % 7 == 6 { r#", "methods": ["POST"]"# } else { "" };
+            let o = if outlier { r#", "outlier": {}"# } else { "" };
+            format!(
+                r#"{{"name": "r{i}", {matcher}{methods}, "service": "svc{i}", "percent": 10, "salt": "s{i}"{o}}}"#
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"monolith": "monolith", "routes": [{}]}}"#,
+        routes.join(",")
+    );
+    Config::from_json(json.as_bytes()).expect("bench config is valid")
+}
+
+fn decision(c: &mut Criterion) {
+    let key = b"7f3a9c12-4e8d-4f2a-a1b3-8d7e9f2c1a4b";
+    let mut group = c.benchmark_group("decision");
+    group.bench_function("hash only (36-byte key)", |b| {
+        b.iter(|| traffic_shift::hash::bucket(black_box(b"s1"), black_box(key)))
+    });
+    for n in [1usize, 100, 1000] {
+        let cfg = config(n, false);
+        // A prefix route for any method, in the middle of the table.
+        let i = (0..=n / 2)
+            .rev()
+            .find(|i| i % 3 != 2 && i % 7 != 6)
+            .unwrap_or(0);
+        let path = format!("/api/v1/svc{i}/items/42?page=2");
+        assert!(cfg.route(b"GET", path.as_bytes()).is_some());
+        group.bench_with_input(BenchmarkId::new("route+hash", n), &path, |b, path| {
+            b.iter(|| {
+                let (_, route) = cfg.route(black_box(b"GET"), black_box(path.as_bytes()))?;
+                Some(cfg.cluster(route, route.decide(Some(black_box(key)))).len())
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("unmatched", n), &n, |b, _| {
+            b.iter(|| {
+                cfg.route(black_box(b"GET"), black_box(b"/static/app.js"))
+                    .is_none()
+            })
+        });
+
+        // With the breaker: the filter reads the shared-data bytes, decodes,
+        // admits and re-encodes (to compare) for requests bound to the service.
+        let cfg = config(n, true);
+        let state = Breaker::default().encode();
+        let salt = format!("s{i}");
+        let shifted = (0..)
+            .map(|j| format!("user-{j}"))
+            .find(|k| traffic_shift::hash::bucket(salt.as_bytes(), k.as_bytes()) < 1000)
+            .expect("some key is shifted at 10 %");
+        group.bench_with_input(
+            BenchmarkId::new("route+hash+breaker", n),
+            &path,
+            |b, path| {
+                b.iter(|| {
+                    let (_, route) = cfg.route(black_box(b"GET"), black_box(path.as_bytes()))?;
+                    let target = route.decide(Some(black_box(shifted.as_bytes())));
+                    assert_eq!(target, Target::Service);
+                    if let (Target::Service, Some(s)) = (target, &route.outlier) {
+                        let mut br = Breaker::decode(black_box(&state)).unwrap_or_default();
+                        let admission = br.admit(s, black_box(1_700_000_000_000));
+                        black_box((admission, br.encode() == state));
+                    }
+                    Some(target)
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);
