@@ -15,12 +15,22 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run test bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
+.PHONY: run run-ecds-file run-ecds-grpc test bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
 	$(CARGO) build --quiet --profile tools -p integration --bins
 	target/tools/demo
+
+## run-ecds-file: the demo with the filter's config from a watched file (ECDS)
+run-ecds-file: build envoy
+	$(CARGO) build --quiet --profile tools -p integration --bins
+	target/tools/demo --source file
+
+## run-ecds-grpc: the demo with the filter's config pushed over gRPC (ADS)
+run-ecds-grpc: build envoy
+	$(CARGO) build --quiet --profile tools -p integration --bins
+	target/tools/demo --source grpc
 
 ## test: fmt check, clippy (native + wasm32), unit tests, tests against a real Envoy
 test: fmt-check clippy unit integration

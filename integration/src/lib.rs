@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_yaml::Value as Yaml;
 
+pub mod xds;
+
 /// The repository root (the parent of `integration/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -169,21 +171,37 @@ impl Bootstrap {
     }
 
     /// Points each cluster named like an upstream at that upstream.
-    pub fn with_upstreams(mut self, upstreams: &[&Upstream]) -> Bootstrap {
+    pub fn with_upstreams(self, upstreams: &[&Upstream]) -> Bootstrap {
+        upstreams
+            .iter()
+            .fold(self, |b, u| b.with_cluster_address(&u.name, u.addr))
+    }
+
+    /// Points static cluster `name` at `addr`.
+    pub fn with_cluster_address(mut self, name: &str, addr: SocketAddr) -> Bootstrap {
         let Some(clusters) = self.0["static_resources"]["clusters"].as_sequence_mut() else {
             panic!("bootstrap has no static clusters");
         };
-        for u in upstreams {
-            let cluster = clusters
-                .iter_mut()
-                .find(|c| c["name"].as_str() == Some(&u.name))
-                .unwrap_or_else(|| panic!("bootstrap has no cluster {}", u.name));
-            let sa = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                ["address"]["socket_address"];
-            sa["address"] = Yaml::from(u.addr.ip().to_string());
-            sa["port_value"] = Yaml::from(u.addr.port());
-        }
+        let cluster = clusters
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("bootstrap has no cluster {name}"));
+        let sa = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"];
+        sa["address"] = Yaml::from(addr.ip().to_string());
+        sa["port_value"] = Yaml::from(addr.port());
         self
+    }
+
+    /// The `config_discovery` of the traffic_shift HTTP filter, if it has one.
+    pub fn config_discovery(&mut self) -> Option<&mut Yaml> {
+        let hfs = self.0["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"]
+            .as_sequence_mut()?;
+        hfs.iter_mut()
+            .find(|f| f["name"] == "traffic_shift")
+            .map(|f| &mut f["config_discovery"])
+            .filter(|c| !c.is_null())
     }
 
     /// Replaces the traffic_shift plugin configuration (JSON text).
@@ -524,11 +542,21 @@ impl Stack {
         concurrency: u32,
         upstreams: Vec<Upstream>,
     ) -> Stack {
-        let refs: Vec<&Upstream> = upstreams.iter().collect();
         let bootstrap = Bootstrap::shipped()
             .for_test()
-            .with_upstreams(&refs)
             .with_plugin_config(plugin_config);
+        Self::start_bootstrap(bootstrap, concurrency, upstreams).await
+    }
+
+    /// Starts `bootstrap` (already prepared with [`Bootstrap::for_test`]) in
+    /// front of `upstreams`.
+    pub async fn start_bootstrap(
+        bootstrap: Bootstrap,
+        concurrency: u32,
+        upstreams: Vec<Upstream>,
+    ) -> Stack {
+        let refs: Vec<&Upstream> = upstreams.iter().collect();
+        let bootstrap = bootstrap.with_upstreams(&refs);
         match Envoy::start_with(&bootstrap, concurrency).await {
             Ok(envoy) => Stack { envoy, upstreams },
             Err(f) => panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log),
@@ -611,5 +639,168 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+impl Envoy {
+    /// The value of one stat from `/stats?format=json` (numbers and text
+    /// readouts such as ECDS `version_text`).
+    pub async fn stat(&self, name: &str) -> Option<serde_json::Value> {
+        let text = self
+            .admin_get(&format!(
+                "/stats?format=json&filter=^{}$",
+                name.replace('.', "\\.")
+            ))
+            .await;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["stats"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["value"].clone())
+    }
+
+    /// A numeric stat, 0 if absent.
+    pub async fn counter(&self, name: &str) -> u64 {
+        self.stat(name).await.and_then(|v| v.as_u64()).unwrap_or(0)
+    }
+
+    /// Polls until `counter(name) >= at_least` (15 s at most); the last value.
+    pub async fn wait_counter(&self, name: &str, at_least: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.counter(name).await;
+            if v >= at_least || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// File-based ECDS for a test: a directory Envoy watches, holding the
+/// resource file written from the shipped `envoy/ecds/traffic_shift.yaml`.
+pub struct EcdsFile {
+    pub dir: tempfile::TempDir,
+    template: Yaml,
+}
+
+impl EcdsFile {
+    pub const FILE: &'static str = "traffic_shift.yaml";
+
+    /// Writes version `version` with `plugin_json` before returning.
+    pub fn new(version: &str, plugin_json: &str) -> EcdsFile {
+        let path = repo_root().join("envoy/ecds/traffic_shift.yaml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        let ecds = EcdsFile {
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            template: serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}")),
+        };
+        ecds.write(version, plugin_json);
+        ecds
+    }
+
+    /// Replaces the resource atomically (write aside, rename over), as the
+    /// README tells users to.
+    pub fn write(&self, version: &str, plugin_json: &str) {
+        let mut doc = self.template.clone();
+        doc["version_info"] = Yaml::from(version);
+        let cfg = &mut doc["resources"][0]["typed_config"]["config"];
+        cfg["configuration"]["value"] = Yaml::from(plugin_json);
+        cfg["vm_config"]["code"]["local"]["filename"] =
+            Yaml::from(wasm_path().to_string_lossy().into_owned());
+        let tmp = self.dir.path().join(".next.yaml");
+        let text = serde_yaml::to_string(&doc).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, self.dir.path().join(Self::FILE)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `envoy/envoy-ecds-file.yaml` prepared for a test, watching this
+    /// directory.
+    pub fn bootstrap(&self) -> Bootstrap {
+        let mut b = Bootstrap::load(&repo_root().join("envoy/envoy-ecds-file.yaml")).for_test();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let Some(cd) = b.config_discovery() else {
+            panic!("envoy-ecds-file.yaml: traffic_shift has no config_discovery");
+        };
+        let pcs = &mut cd["config_source"]["path_config_source"];
+        pcs["path"] = Yaml::from(format!("{dir}/{}", Self::FILE));
+        pcs["watched_directory"]["path"] = Yaml::from(dir);
+        b
+    }
+}
+
+/// Continuous load for the duration of a test step: `connections` tasks
+/// each sending GETs (fresh random request id each) round-robin over
+/// `urls`, until stopped or 120 s have passed.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: tokio::task::JoinSet<LoadReport>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub non_2xx: u64,
+    pub connection_errors: u64,
+    /// The first few failures, for the assertion message.
+    pub failures: Vec<String>,
+}
+
+impl Load {
+    pub fn start(urls: Vec<String>, connections: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..connections {
+            let stop = stop.clone();
+            let urls = urls.clone();
+            tasks.spawn(async move {
+                let client = reqwest::Client::new();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut r = LoadReport::default();
+                let mut i = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    let url = &urls[i % urls.len()];
+                    i += 1;
+                    r.requests += 1;
+                    let id = uuid::Uuid::new_v4().to_string();
+                    match client.get(url).header("x-request-id", &id).send().await {
+                        Ok(resp) if resp.status().is_success() => {
+                            let _ = resp.bytes().await;
+                        }
+                        Ok(resp) => {
+                            r.non_2xx += 1;
+                            if r.failures.len() < 5 {
+                                r.failures.push(format!("{url}: {}", resp.status()));
+                            }
+                        }
+                        Err(e) => {
+                            r.connection_errors += 1;
+                            if r.failures.len() < 5 {
+                                r.failures.push(format!("{url}: {e}"));
+                            }
+                        }
+                    }
+                }
+                r
+            });
+        }
+        Load { stop, tasks }
+    }
+
+    /// Stops the load and sums what every connection saw.
+    pub async fn stop(mut self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        while let Some(r) = self.tasks.join_next().await {
+            let r = r.unwrap_or_else(|e| panic!("load task: {e}"));
+            total.requests += r.requests;
+            total.non_2xx += r.non_2xx;
+            total.connection_errors += r.connection_errors;
+            total.failures.extend(r.failures);
+        }
+        total
     }
 }

@@ -201,3 +201,64 @@ fn stats_tags_are_the_ones_the_filter_names_its_stats_for() {
         .collect();
     assert_eq!(tags, want);
 }
+
+#[test]
+fn ecds_configs_pass_envoy_validate() {
+    for f in ["envoy/envoy-ecds-file.yaml", "envoy/envoy-ecds-grpc.yaml"] {
+        let path = repo_root().join(f);
+        let (ok, out) = validate(&path);
+        assert!(ok, "{f}: envoy --mode validate failed:\n{out}");
+    }
+}
+
+/// `envoy.yaml` with the traffic_shift filter reduced to its name and the
+/// ADS pieces dropped: what every config variant must share.
+fn without_filter_source(mut b: Bootstrap) -> Yaml {
+    let root = &mut b.0;
+    for key in ["dynamic_resources"] {
+        if let Some(m) = root.as_mapping_mut() {
+            m.remove(key);
+        }
+    }
+    if let Some(clusters) = root["static_resources"]["clusters"].as_sequence_mut() {
+        clusters.retain(|c| c["name"] != "xds");
+    }
+    for hf in root["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        if hf["name"] == "traffic_shift" {
+            *hf = serde_yaml::from_str("{name: traffic_shift}").unwrap();
+        }
+    }
+    b.0
+}
+
+#[test]
+fn ecds_configs_are_envoy_yaml_but_for_the_filter_config_source() {
+    let native = without_filter_source(Bootstrap::shipped());
+    for f in ["envoy/envoy-ecds-file.yaml", "envoy/envoy-ecds-grpc.yaml"] {
+        let other = without_filter_source(Bootstrap::load(&repo_root().join(f)));
+        // Mapping equality ignores key order.
+        assert!(native == other, "{f} drifted from envoy/envoy.yaml");
+    }
+}
+
+#[test]
+fn the_three_config_sources_carry_the_same_filter_config() {
+    // The static bootstrap, the ECDS file and the control plane's JSON file.
+    let static_json = Bootstrap::shipped().plugin_config();
+    let ecds: Yaml = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("envoy/ecds/traffic_shift.yaml")).unwrap(),
+    )
+    .unwrap();
+    let wasm = &ecds["resources"][0]["typed_config"]["config"];
+    let file_json = wasm["configuration"]["value"].as_str().unwrap();
+    let grpc_json =
+        std::fs::read_to_string(repo_root().join("envoy/xds/traffic_shift.json")).unwrap();
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+    assert_eq!(parse(&static_json), parse(file_json));
+    assert_eq!(parse(&static_json), parse(&grpc_json));
+    assert_eq!(wasm["failure_policy"], "FAIL_OPEN");
+}
