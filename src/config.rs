@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::breaker::{self, OnOpen};
 use crate::hash;
+use crate::ramp::{self, Step};
 use crate::routes::{Matcher, PathMatch, RouteTable};
 
 /// Default request header carrying the chosen cluster.
@@ -52,9 +53,41 @@ pub struct Route {
     pub hash_key: HashKey,
     /// Local outlier detection for the service; `None`: off.
     pub outlier: Option<breaker::Settings>,
+    /// Scheduled percent changes, sorted by time (may be empty).
+    pub ramp: Vec<Step>,
+}
+
+/// The QA override: a request carrying `header: service|monolith` (and,
+/// with a secret, `<header>-secret: <secret>`) is routed there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Lowercase.
+    pub header: String,
+    /// `<header>-secret`, lowercase.
+    pub secret_header: String,
+    pub secret: Option<String>,
 }
 
 impl Route {
+    /// The share in force at `now_ms` (the ramp's step, else `percent`).
+    pub fn basis_points_at(&self, now_ms: u64) -> u16 {
+        ramp::basis_points_at(self.basis_points, &self.ramp, now_ms)
+    }
+
+    /// The side a request with this key goes to at `basis_points`.
+    pub fn decide_at(&self, key: Option<&[u8]>, basis_points: u16) -> Target {
+        match key {
+            Some(k) if !k.is_empty() => {
+                if hash::shifted(hash::bucket(self.salt.as_bytes(), k), basis_points) {
+                    Target::Service
+                } else {
+                    Target::Monolith
+                }
+            }
+            _ => Target::Monolith,
+        }
+    }
+
     /// The shared-data key of this route's breaker state, if it has one.
     /// It changes when the route's name, service or outlier settings change
     /// (a fresh breaker) but not with its percent, so ramping keeps the
@@ -78,19 +111,10 @@ impl Route {
         Some(format!("traffic_shift.breaker.{}.{id:016x}", self.name))
     }
 
-    /// The side a request with this key goes to. A missing (or empty) key
-    /// goes to the monolith.
+    /// The side a request with this key goes to at the route's `percent`.
+    /// A missing (or empty) key goes to the monolith.
     pub fn decide(&self, key: Option<&[u8]>) -> Target {
-        match key {
-            Some(k) if !k.is_empty() => {
-                if hash::shifted(hash::bucket(self.salt.as_bytes(), k), self.basis_points) {
-                    Target::Service
-                } else {
-                    Target::Monolith
-                }
-            }
-            _ => Target::Monolith,
-        }
+        self.decide_at(key, self.basis_points)
     }
 }
 
@@ -102,6 +126,8 @@ pub struct Config {
     /// Request header the filter writes with the chosen cluster (lowercase).
     pub target_header: String,
     pub routes: Vec<Route>,
+    /// The QA override header, if configured.
+    pub override_header: Option<Override>,
     table: RouteTable,
 }
 
@@ -136,6 +162,30 @@ impl Config {
             _ => Err(ConfigErrors(errs.0)),
         }
     }
+}
+
+/// The target a request's override headers force, if valid: `force` is
+/// `service` or `monolith`, and when a secret is configured `secret` must
+/// equal it (compared in constant time for equal lengths).
+pub fn forced_target(o: &Override, force: &[u8], secret: Option<&[u8]>) -> Option<Target> {
+    if let Some(want) = &o.secret {
+        if !constant_time_eq(want.as_bytes(), secret?) {
+            return None;
+        }
+    }
+    match force {
+        b"service" => Some(Target::Service),
+        b"monolith" => Some(Target::Monolith),
+        _ => None,
+    }
+}
+
+/// Byte equality whose time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One configuration error: the field path and what is wrong with it.
@@ -276,7 +326,13 @@ fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
     let obj = Obj::new(
         v,
         "",
-        &["monolith", "target_header", "hash_key", "routes"],
+        &[
+            "monolith",
+            "target_header",
+            "hash_key",
+            "routes",
+            "override",
+        ],
         errs,
     )?;
 
@@ -323,12 +379,60 @@ fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
         ),
     }
 
+    let override_header = match obj.get("override") {
+        None => Some(None),
+        Some(o) => {
+            parse_override(o, &obj.path("override"), target_header.as_deref(), errs).map(Some)
+        }
+    };
+
     let table = RouteTable::new(routes.iter().map(|r| r.matcher.clone()).collect());
     Some(Config {
         monolith: monolith?,
         target_header: target_header?,
         routes,
+        override_header: override_header?,
         table,
+    })
+}
+
+fn parse_override(
+    v: &Value,
+    path: &str,
+    target_header: Option<&str>,
+    errs: &mut Errors,
+) -> Option<Override> {
+    let obj = Obj::new(v, path, &["header", "secret"], errs)?;
+    let header = obj
+        .required_string("header", errs)
+        .and_then(|h| header_name(h, &obj.path("header"), false, errs));
+    let header = match header {
+        Some(h) if Some(h.as_str()) == target_header => {
+            errs.push(
+                obj.path("header"),
+                format!("must differ from target_header (\"{h}\")"),
+            );
+            None
+        }
+        other => other,
+    };
+    let secret = match obj.string("secret", errs) {
+        Some("") => {
+            errs.push(
+                obj.path("secret"),
+                "must not be empty (leave it out for no secret)",
+            );
+            None
+        }
+        Some(s) => Some(Some(s.to_string())),
+        None if obj.get("secret").is_none() => Some(None),
+        None => None,
+    };
+    let header = header?;
+    Some(Override {
+        secret_header: format!("{header}-secret"),
+        header,
+        secret: secret?,
     })
 }
 
@@ -379,7 +483,7 @@ fn parse_route(
         path,
         &[
             "name", "prefix", "path", "methods", "service", "percent", "salt", "hash_key",
-            "outlier",
+            "outlier", "ramp",
         ],
         errs,
     )?;
@@ -453,7 +557,13 @@ fn parse_route(
         Some(o) => parse_outlier(o, &obj.path("outlier"), errs).map(Some),
     };
 
+    let ramp = match obj.get("ramp") {
+        None => Some(Vec::new()),
+        Some(r) => parse_ramp(r, &obj.path("ramp"), errs),
+    };
+
     Some(Route {
+        ramp: ramp?,
         outlier: outlier?,
         name: name?,
         matcher: Matcher {
@@ -465,6 +575,65 @@ fn parse_route(
         salt: salt?,
         hash_key: hash_key?,
     })
+}
+
+fn parse_ramp(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<Step>> {
+    let Value::Array(items) = v else {
+        errs.push(path, format!("must be an array, got {}", kind(v)));
+        return None;
+    };
+    if items.is_empty() {
+        errs.push(path, "must not be empty (leave it out for a fixed percent)");
+        return None;
+    }
+    let mut steps: Vec<Step> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let at_path = format!("{path}[{i}]");
+        let Some(obj) = Obj::new(item, &at_path, &["at", "percent"], errs) else {
+            ok = false;
+            continue;
+        };
+        let at = obj.required_string("at", errs).and_then(|t| {
+            let ms = ramp::parse_rfc3339_utc(t);
+            if ms.is_none() {
+                errs.push(
+                    obj.path("at"),
+                    format!(
+                        "must be an RFC 3339 UTC time such as 2026-12-01T09:00:00Z, got \"{t}\""
+                    ),
+                );
+            }
+            ms
+        });
+        let bp = match obj.get("percent") {
+            None => {
+                errs.push(obj.path("percent"), "is required");
+                None
+            }
+            Some(p) => parse_percent(p, &obj.path("percent"), errs),
+        };
+        match (at, bp) {
+            (Some(at_ms), Some(basis_points)) => {
+                if let Some(prev) = steps.last().filter(|p| p.at_ms >= at_ms) {
+                    errs.push(
+                        obj.path("at"),
+                        format!(
+                            "must be later than the step before it ({})",
+                            ramp::format_rfc3339_utc(prev.at_ms)
+                        ),
+                    );
+                    ok = false;
+                }
+                steps.push(Step {
+                    at_ms,
+                    basis_points,
+                });
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(steps)
 }
 
 /// Longest ejection or window accepted: one day.

@@ -18,7 +18,10 @@
 //! outcomes of requests sent to the service to the breaker.
 //!
 //! A tick (1 s, per VM) runs the breaker's time-driven transitions and keeps
-//! the state gauge current when no requests come.
+//! the state and effective-percent gauges current when no requests come.
+//!
+//! With an `override` configured, the override headers are read and removed
+//! on every request; a valid one replaces the split's decision.
 
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,7 +31,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::breaker::{Admission, Breaker, OnOpen, Transition};
-use crate::config::{Config, HashKey, Route, Target, DEFAULT_TARGET_HEADER};
+use crate::config::{
+    forced_target, Config, HashKey, Override, Route, Target, DEFAULT_TARGET_HEADER,
+};
 use crate::cookie;
 use crate::stats::{self, BreakerStats, FailureOrigin, Kind, RouteStats};
 
@@ -153,8 +158,9 @@ impl RootContext for Root {
             .iter()
             .map(|r| RouteStats::define(&r.name, &mut define))
             .collect();
+        let now = now_ms();
         for (route, s) in config.routes.iter().zip(&stats) {
-            record(s.effective_bp, u64::from(route.basis_points));
+            record(s.effective_bp, u64::from(route.basis_points_at(now)));
         }
         let breakers: Vec<Option<BreakerSlot>> = config
             .routes
@@ -174,7 +180,8 @@ impl RootContext for Root {
                 })
             })
             .collect();
-        if breakers.iter().any(Option::is_some) {
+        if breakers.iter().any(Option::is_some) || config.routes.iter().any(|r| !r.ramp.is_empty())
+        {
             let _ = hostcalls::set_tick_period(TICK);
         }
         log::info!(
@@ -198,6 +205,11 @@ impl RootContext for Root {
             return;
         };
         let now = now_ms();
+        for (route, s) in shared.config.routes.iter().zip(&shared.stats) {
+            if !route.ramp.is_empty() {
+                record(s.effective_bp, u64::from(route.basis_points_at(now)));
+            }
+        }
         for (route, slot) in shared.config.routes.iter().zip(&shared.breakers) {
             let (Some(settings), Some(slot)) = (&route.outlier, slot) else {
                 continue;
@@ -242,6 +254,25 @@ struct Shift {
 
 impl Context for Shift {}
 
+impl Shift {
+    /// Reads and removes the override headers; the forced target if the
+    /// request carries a valid one.
+    fn take_override(&self, o: &Override) -> Option<Target> {
+        let force = self.get_http_request_header_bytes(&o.header);
+        let secret = match o.secret {
+            Some(_) => self.get_http_request_header_bytes(&o.secret_header),
+            None => None,
+        };
+        if force.is_some() {
+            self.set_http_request_header(&o.header, None);
+        }
+        if secret.is_some() {
+            self.set_http_request_header(&o.secret_header, None);
+        }
+        forced_target(o, force.as_deref()?, secret.as_deref())
+    }
+}
+
 impl HttpContext for Shift {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
@@ -249,6 +280,10 @@ impl HttpContext for Shift {
             return Action::Continue;
         };
         let config = &shared.config;
+        let forced = config
+            .override_header
+            .as_ref()
+            .and_then(|o| self.take_override(o));
         let method = self.get_http_request_header_bytes(":method");
         let path = self.get_http_request_header_bytes(":path");
         let route = match (&method, &path) {
@@ -273,27 +308,43 @@ impl HttpContext for Shift {
                 .get_http_request_header_bytes("cookie")
                 .and_then(|h| cookie::find(&h, name.as_bytes()).map(<[u8]>::to_vec)),
         };
-        let mut target = route.decide(key.as_deref());
+        let now = self.get_current_time();
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let stats = shared.stats.get(index);
         if let Some(s) = stats {
             if key.as_deref().is_none_or(<[u8]>::is_empty) {
                 increment(s.key_missing);
             }
         }
+        let mut target = match forced {
+            Some(t) => {
+                if let Some(s) = stats {
+                    increment(s.target(t).overrides);
+                }
+                t
+            }
+            None => route.decide_at(key.as_deref(), route.basis_points_at(now_ms)),
+        };
         let mut breaker_probe = None;
         let slot = shared.breakers.get(index).and_then(Option::as_ref);
         if let (Target::Service, Some(settings), Some(slot)) = (target, &route.outlier, slot) {
-            let now = now_ms();
-            let admitted = update_breaker(&slot.key, |b| b.admit(settings, now));
-            let admission = match admitted {
-                Some(((admission, t), b)) => {
-                    if let Some(t) = t {
-                        report(route, slot, &t);
-                        record(slot.stats.state, b.state() as u64);
+            // A forced request is not the breaker's to stop, but its
+            // outcome is the service's.
+            let admission = if forced.is_some() {
+                Admission::Pass
+            } else {
+                match update_breaker(&slot.key, |b| b.admit(settings, now_ms)) {
+                    Some(((admission, t), b)) => {
+                        if let Some(t) = t {
+                            report(route, slot, &t);
+                            record(slot.stats.state, b.state() as u64);
+                        }
+                        admission
                     }
-                    admission
+                    None => Admission::Pass,
                 }
-                None => Admission::Pass,
             };
             match admission {
                 Admission::Pass => breaker_probe = Some(false),
@@ -321,7 +372,7 @@ impl HttpContext for Shift {
         self.pending = Some(Pending {
             route: index,
             target,
-            start: self.get_current_time(),
+            start: now,
             breaker_probe,
         });
         Action::Continue

@@ -9,6 +9,7 @@
 //!   every error names its field path.
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
+//! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
@@ -28,6 +29,7 @@ pub mod breaker;
 pub mod config;
 pub mod cookie;
 pub mod hash;
+pub mod ramp;
 pub mod routes;
 pub mod stats;
 

@@ -94,6 +94,8 @@ pub struct TargetStats<Id> {
     pub failure_proxy: Id,
     /// Milliseconds from the decision to the response headers.
     pub upstream_rq_time: Id,
+    /// Requests sent here by a valid override header.
+    pub overrides: Id,
 }
 
 /// The stats of one route.
@@ -135,6 +137,7 @@ impl<Id> TargetStats<Id> {
             failure_app: define(Kind::Counter, &format!("{t}.upstream_failure.origin.app")),
             failure_proxy: define(Kind::Counter, &format!("{t}.upstream_failure.origin.proxy")),
             upstream_rq_time: define(Kind::Histogram, &format!("{t}.upstream_rq_time")),
+            overrides: define(Kind::Counter, &format!("{t}.override")),
         }
     }
 }
@@ -221,8 +224,8 @@ mod tests {
             names.push((kind, name.to_string()));
             names.len() - 1
         });
-        assert_eq!(stats.service.rq_total, 9);
-        assert_eq!(names.len(), 20);
+        assert_eq!(stats.service.rq_total, 10);
+        assert_eq!(names.len(), 22);
         assert_eq!(
             names[0],
             (
@@ -245,18 +248,25 @@ mod tests {
             )
         );
         assert_eq!(
-            names[17],
+            names[9],
+            (
+                Kind::Counter,
+                "traffic_shift.route.auth.target.monolith.override".into()
+            )
+        );
+        assert_eq!(
+            names[18],
             (
                 Kind::Histogram,
                 "traffic_shift.route.auth.target.service.upstream_rq_time".into()
             )
         );
         assert_eq!(
-            names[18],
+            names[20],
             (Kind::Counter, "traffic_shift.route.auth.key_missing".into())
         );
         assert_eq!(
-            names[19],
+            names[21],
             (
                 Kind::Gauge,
                 "traffic_shift.route.auth.effective_percent_bp".into()

@@ -88,11 +88,11 @@ fn first_slice_error_list_exact_messages() {
         // Unknown fields.
         (
             r#"{"monolith": "m", "rotues": []}"#.into(),
-            vec!["rotues: unknown field; expected one of: monolith, target_header, hash_key, routes"],
+            vec!["rotues: unknown field; expected one of: monolith, target_header, hash_key, routes, override"],
         ),
         (
             route(&format!(r#"{OK_ROUTE}, "prcent": 20"#)),
-            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier"],
+            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp"],
         ),
         (
             r#"{"monolith": "m", "hash_key": {"header": "x-id", "hdr": "x"}}"#.into(),
@@ -246,7 +246,7 @@ fn every_error_is_reported_not_just_the_first() {
     assert_eq!(
         got,
         vec![
-            "extra: unknown field; expected one of: monolith, target_header, hash_key, routes",
+            "extra: unknown field; expected one of: monolith, target_header, hash_key, routes, override",
             "monolith: must not be empty",
             "routes[0].percent: must be between 0 and 100, got 140",
             "routes[1]: exactly one of prefix or path is required, got neither",
@@ -380,6 +380,101 @@ fn outlier_errors_exact_messages() {
         (
             o(r#"{"on_open": "drop"}"#),
             vec![r#"routes[0].outlier.on_open: must be "fallback" or "reject", got "drop""#],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
+    }
+}
+
+#[test]
+fn ramp_and_override_parse() {
+    use traffic_shift::config::Override;
+    use traffic_shift::ramp::Step;
+    let c = Config::from_json(
+        br#"{"monolith": "m", "override": {"header": "X-Shift-Force", "secret": "s3"},
+             "routes": [{"name": "a", "prefix": "/", "service": "s", "percent": 0,
+               "ramp": [{"at": "2026-12-01T09:00:00Z", "percent": 10},
+                        {"at": "2026-12-04T09:00:00Z", "percent": 50}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.override_header,
+        Some(Override {
+            header: "x-shift-force".into(),
+            secret_header: "x-shift-force-secret".into(),
+            secret: Some("s3".into())
+        })
+    );
+    let r = &c.routes[0];
+    assert_eq!(
+        r.ramp,
+        vec![
+            Step {
+                at_ms: 1_796_115_600_000,
+                basis_points: 1000
+            },
+            Step {
+                at_ms: 1_796_374_800_000,
+                basis_points: 5000
+            }
+        ]
+    );
+    assert_eq!(r.basis_points_at(1_796_115_599_999), 0);
+    assert_eq!(r.basis_points_at(1_796_115_600_000), 1000);
+    assert_eq!(r.basis_points_at(1_796_374_800_000), 5000);
+    let c = Config::from_json(br#"{"monolith": "m", "override": {"header": "x-force"}}"#).unwrap();
+    assert_eq!(c.override_header.unwrap().secret, None);
+}
+
+#[test]
+fn ramp_and_override_errors_exact_messages() {
+    let r = |ramp: &str| route(&format!(r#"{OK_ROUTE}, "ramp": {ramp}"#));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (r("{}"), vec!["routes[0].ramp: must be an array, got object"]),
+        (r("[]"), vec!["routes[0].ramp: must not be empty (leave it out for a fixed percent)"]),
+        (
+            r(r#"[{"at": "2026-12-01 09:00", "percent": 10}]"#),
+            vec![r#"routes[0].ramp[0].at: must be an RFC 3339 UTC time such as 2026-12-01T09:00:00Z, got "2026-12-01 09:00""#],
+        ),
+        (
+            r(r#"[{"at": "2026-12-04T09:00:00Z", "percent": 10}, {"at": "2026-12-01T09:00:00Z", "percent": 50}]"#),
+            vec!["routes[0].ramp[1].at: must be later than the step before it (2026-12-04T09:00:00Z)"],
+        ),
+        (
+            r(r#"[{"at": "2026-12-01T09:00:00Z", "percent": 10}, {"at": "2026-12-01T09:00:00Z", "percent": 50}]"#),
+            vec!["routes[0].ramp[1].at: must be later than the step before it (2026-12-01T09:00:00Z)"],
+        ),
+        (
+            r(r#"[{"at": "2026-12-01T09:00:00Z", "percent": 140}]"#),
+            vec!["routes[0].ramp[0].percent: must be between 0 and 100, got 140"],
+        ),
+        (
+            r(r#"[{"at": "2026-12-01T09:00:00Z"}]"#),
+            vec!["routes[0].ramp[0].percent: is required"],
+        ),
+        (
+            r(r#"[{"when": "2026-12-01T09:00:00Z", "percent": 1}]"#),
+            vec![
+                "routes[0].ramp[0].when: unknown field; expected one of: at, percent",
+                "routes[0].ramp[0].at: is required",
+            ],
+        ),
+        (
+            r#"{"monolith": "m", "override": {"secret": "x"}}"#.into(),
+            vec!["override.header: is required"],
+        ),
+        (
+            r#"{"monolith": "m", "override": {"header": "x-shift-target"}}"#.into(),
+            vec![r#"override.header: must differ from target_header ("x-shift-target")"#],
+        ),
+        (
+            r#"{"monolith": "m", "override": {"header": "x-force", "secret": ""}}"#.into(),
+            vec!["override.secret: must not be empty (leave it out for no secret)"],
+        ),
+        (
+            r#"{"monolith": "m", "override": {"header": "x-force", "token": "a"}}"#.into(),
+            vec!["override.token: unknown field; expected one of: header, secret"],
         ),
     ];
     for (json, want) in cases {
