@@ -83,7 +83,9 @@ const OVERRIDE: &str = r#"{"monolith": "monolith",
 async fn the_override_forces_either_side_only_with_the_secret_and_never_reaches_upstream() {
     let stack = Stack::start(OVERRIDE).await;
     let c = client();
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    /// (path, request headers, expected cluster)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             "/none/x",
             &[
