@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test check bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
+.PHONY: run run-ecds-file run-ecds-grpc test check oci bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -81,6 +81,11 @@ unit:
 integration: build envoy
 	$(CARGO) build -p traffic-shift --bin traffic-shift
 	$(CARGO) test -p integration
+
+## oci: the .wasm as an OCI image for Istio's WasmPlugin (needs docker; OCI_IMAGE=...)
+OCI_IMAGE ?= traffic-shift:0.1.0
+oci: build
+	docker build -f envoy/istio/Dockerfile -t $(OCI_IMAGE) target/wasm32-wasip1/release
 
 ## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name])
 check:
