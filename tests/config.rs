@@ -481,3 +481,24 @@ fn ramp_and_override_errors_exact_messages() {
         assert_eq!(errors(&json), want, "config: {json}");
     }
 }
+
+/// The shared corpus (also run through Envoy and the CLI by
+/// integration/tests/invalid_configs.rs): every config is refused with
+/// exactly these messages.
+#[test]
+fn the_invalid_config_corpus_is_refused_with_the_exact_messages() {
+    let corpus: serde_json::Value =
+        serde_json::from_str(include_str!("invalid-configs.json")).unwrap();
+    let cases = corpus.as_array().unwrap();
+    assert!(cases.len() >= 30, "corpus of {} configs", cases.len());
+    for case in cases {
+        let json = case["config"].as_str().unwrap();
+        let want: Vec<&str> = case["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert_eq!(errors(json), want, "config: {json}");
+    }
+}

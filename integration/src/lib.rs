@@ -55,6 +55,20 @@ pub fn upstream_bin() -> PathBuf {
     PathBuf::from("upstream")
 }
 
+/// The `traffic-shift` CLI (`check`), built by `make integration` into the
+/// same target directory: `$TRAFFIC_SHIFT_CLI`, else next to this package's
+/// binaries.
+pub fn cli_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRAFFIC_SHIFT_CLI") {
+        return PathBuf::from(p);
+    }
+    let upstream = upstream_bin();
+    upstream
+        .parent()
+        .map(|d| d.join("traffic-shift"))
+        .unwrap_or_else(|| PathBuf::from("traffic-shift"))
+}
+
 /// A demo upstream process that answers with its name.
 pub struct Upstream {
     child: Child,
