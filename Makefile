@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test check oci bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
+.PHONY: run run-ecds-file run-ecds-grpc test check oci fuzz fuzz-short cargo-fuzz bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -32,8 +32,24 @@ run-ecds-grpc: build envoy
 	$(CARGO) build --quiet --profile tools -p integration --bins
 	target/tools/demo --source grpc
 
-## test: fmt check, clippy (native + wasm32), unit tests, tests against a real Envoy
-test: fmt-check clippy unit integration
+## test: fmt check, clippy (native + wasm32), unit tests, a short fuzz run, tests against a real Envoy
+test: fmt-check clippy unit fuzz-short integration
+
+## fuzz: each fuzz target (libFuzzer via cargo fuzz) for FUZZ_SECONDS (default 300)
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS  := config decision
+fuzz: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz/corpus/$$t target/fuzz/artifacts && \
+	  $(CARGO) fuzz run --fuzz-dir tests/fuzz -s none $$t target/fuzz/corpus/$$t tests/fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=target/fuzz/artifacts/ || exit 1; \
+	done
+
+fuzz-short:
+	$(MAKE) fuzz FUZZ_SECONDS=15
+
+cargo-fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
 
 ## bench: the filter's cost against native Envoy routing, Lua and the wasm floor
 bench: build envoy wrk plot-deps
