@@ -95,6 +95,7 @@ unit:
 	$(CARGO) test -p traffic-shift
 
 integration: build envoy
+	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib --features test-trap --target-dir target/trap
 	$(CARGO) build -p traffic-shift --bin traffic-shift
 	$(CARGO) test -p integration
 

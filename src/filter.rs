@@ -275,6 +275,11 @@ impl Shift {
 
 impl HttpContext for Shift {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        #[allow(clippy::panic)]
+        if self.get_http_request_header_bytes("x-test-trap").is_some() {
+            panic!("x-test-trap: deliberate trap (test-trap build)");
+        }
         let Some(shared) = self.shared.clone() else {
             self.set_http_request_header(DEFAULT_TARGET_HEADER, None);
             return Action::Continue;

@@ -37,6 +37,12 @@ pub fn wasm_path() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/traffic_shift.wasm"))
 }
 
+/// The test-only build whose filter traps on a request carrying
+/// `x-test-trap` (`make integration` builds it).
+pub fn trap_wasm_path() -> PathBuf {
+    repo_root().join("target/trap/wasm32-wasip1/release/traffic_shift.wasm")
+}
+
 /// The `upstream` binary of this package, next to the running executable
 /// (`target/<profile>/` for binaries, `target/<profile>/deps/` for tests).
 pub fn upstream_bin() -> PathBuf {
@@ -216,6 +222,23 @@ impl Bootstrap {
             .find(|f| f["name"] == "traffic_shift")
             .map(|f| &mut f["config_discovery"])
             .filter(|c| !c.is_null())
+    }
+
+    /// Loads another .wasm (e.g. [`trap_wasm_path`]).
+    pub fn with_wasm(mut self, path: &Path) -> Bootstrap {
+        let p = path.to_string_lossy().into_owned();
+        for_each_wasm(&mut self.0, &mut |cfg| {
+            cfg["vm_config"]["code"]["local"]["filename"] = Yaml::from(p.clone());
+        });
+        self
+    }
+
+    /// Sets the traffic_shift filter's `failure_policy`.
+    pub fn with_failure_policy(mut self, policy: &str) -> Bootstrap {
+        for_each_wasm(&mut self.0, &mut |cfg| {
+            cfg["failure_policy"] = Yaml::from(policy);
+        });
+        self
     }
 
     /// Replaces the traffic_shift plugin configuration (JSON text).
