@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test check oci fuzz fuzz-short cargo-fuzz bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
+.PHONY: run run-ecds-file run-ecds-grpc test check oci fuzz fuzz-short cargo-fuzz soak bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -103,6 +103,11 @@ integration: build envoy
 OCI_IMAGE ?= traffic-shift:0.1.0
 oci: build
 	docker build -f envoy/istio/Dockerfile -t $(OCI_IMAGE) target/wasm32-wasip1/release
+
+## soak: the soak test for SOAK_SECONDS (default 450, ~1 M requests here)
+SOAK_SECONDS ?= 450
+soak: build envoy
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p integration --release --test soak -- --nocapture
 
 ## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name])
 check:

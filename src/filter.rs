@@ -90,6 +90,36 @@ fn update_breaker<R>(key: &str, mut f: impl FnMut(&mut Breaker) -> R) -> Option<
     None
 }
 
+/// The shared-data key listing every breaker key this vm_id ever created
+/// (one per line), so their number is observable
+/// (`traffic_shift_breaker_keys`).
+const REGISTRY_KEY: &str = "traffic_shift.breaker.keys";
+
+fn registry_len(registry: &[u8]) -> usize {
+    registry
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
+/// Adds `key` to the registry (compare-and-swap, retried).
+fn register_key(key: &str) {
+    for _ in 0..CAS_ATTEMPTS {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(REGISTRY_KEY) else {
+            return;
+        };
+        let mut registry = bytes.unwrap_or_default();
+        if registry.split(|&b| b == b'\n').any(|l| l == key.as_bytes()) {
+            return;
+        }
+        registry.extend_from_slice(key.as_bytes());
+        registry.push(b'\n');
+        if hostcalls::set_shared_data(REGISTRY_KEY, Some(&registry), cas).is_ok() {
+            return;
+        }
+    }
+}
+
 /// Logs a transition and counts openings.
 fn report(route: &Route, slot: &BreakerSlot, t: &Transition) {
     if t.to == crate::breaker::State::Open {
@@ -174,12 +204,17 @@ impl RootContext for Root {
                     let _ =
                         hostcalls::set_shared_data(&key, Some(&Breaker::default().encode()), None);
                 }
+                register_key(&key);
                 Some(BreakerSlot {
                     stats: BreakerStats::define(&r.name, &mut define),
                     key,
                 })
             })
             .collect();
+        if let Ok((Some(registry), _)) = hostcalls::get_shared_data(REGISTRY_KEY) {
+            let gauge = define(Kind::Gauge, &stats::breaker_keys_name());
+            record(gauge, registry_len(&registry) as u64);
+        }
         if breakers.iter().any(Option::is_some) || config.routes.iter().any(|r| !r.ramp.is_empty())
         {
             let _ = hostcalls::set_tick_period(TICK);

@@ -167,6 +167,11 @@ impl<Id> BreakerStats<Id> {
     }
 }
 
+/// Name of the global gauge of breaker state keys in shared data.
+pub fn breaker_keys_name() -> String {
+    format!("{PREFIX}.breaker_keys")
+}
+
 /// Name of the global counter of requests that matched no route.
 pub fn unmatched_name() -> String {
     format!("{PREFIX}.unmatched")
