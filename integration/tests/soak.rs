@@ -64,11 +64,11 @@ async fn soak_with_config_updates_stays_bounded_and_error_free() {
     while start.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         updates += 1;
-        let json = if updates % 5 == 0 {
+        let json = if updates.is_multiple_of(5) {
             refused += 1;
             r#"{"monolith": "monolith", "routes": [{"name": "a", "prefix": "/a/", "service": "auth_service", "percent": 140}]}"#.to_string()
         } else {
-            config(if updates % 2 == 0 { 10 } else { 50 }, updates)
+            config(if updates.is_multiple_of(2) { 10 } else { 50 }, updates)
         };
         ecds.write(&updates.to_string(), &json);
     }
