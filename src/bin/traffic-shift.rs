@@ -7,6 +7,13 @@
 //! `--key` which side that key lands on and its bucket. `--at` evaluates
 //! ramps at another time (RFC 3339 UTC) instead of now. FILE `-` is stdin.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
