@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration::{EcdsFile, Load, Stack, Upstream, CLUSTERS};
+use integration::{rss_kib, EcdsFile, Load, Stack, Upstream, CLUSTERS};
 
 fn config(percent: u32, generation: u32) -> String {
     // The salt changes nothing about the breaker key (name, service, outlier),
@@ -19,17 +19,6 @@ fn config(percent: u32, generation: u32) -> String {
               "hash_key": {{"cookie": "uid"}}, "outlier": {{"consecutive_failures": 3}}}}
         ]}}"#
     )
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use integration::{repo_root, Bootstrap, Envoy, Upstream};
+use integration::{repo_root, rss_kib, Bootstrap, Envoy, Upstream};
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
 
@@ -101,18 +101,6 @@ fn pin(pid: u32, cpus: &str) {
     if !ok {
         eprintln!("warning: could not pin pid {pid} to CPU {cpus}");
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn wrk(url: &str, seconds: u64, connections: u64, load_cpu: Option<&str>) -> Value {
