@@ -110,7 +110,7 @@ oci: build
 ## soak: the soak test for SOAK_SECONDS (default 450, ~1 M requests here)
 SOAK_SECONDS ?= 450
 soak: build envoy
-	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p integration --release --test soak -- --nocapture
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p integration --profile tools --test soak -- --nocapture
 
 ## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name])
 check:
