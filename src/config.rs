@@ -577,15 +577,28 @@ fn parse_route(
     })
 }
 
-fn parse_ramp(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<Step>> {
-    let Value::Array(items) = v else {
-        errs.push(path, format!("must be an array, got {}", kind(v)));
-        return None;
-    };
-    if items.is_empty() {
-        errs.push(path, "must not be empty (leave it out for a fixed percent)");
-        return None;
+/// `v` as a non-empty array; `when_empty` completes "must not be empty".
+fn non_empty_array<'a>(
+    v: &'a Value,
+    path: &str,
+    when_empty: &str,
+    errs: &mut Errors,
+) -> Option<&'a Vec<Value>> {
+    match v {
+        Value::Array(items) if items.is_empty() => {
+            errs.push(path, format!("must not be empty ({when_empty})"));
+            None
+        }
+        Value::Array(items) => Some(items),
+        other => {
+            errs.push(path, format!("must be an array, got {}", kind(other)));
+            None
+        }
     }
+}
+
+fn parse_ramp(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<Step>> {
+    let items = non_empty_array(v, path, "leave it out for a fixed percent", errs)?;
     let mut steps: Vec<Step> = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
@@ -793,14 +806,7 @@ fn parse_percent(v: &Value, path: &str, errs: &mut Errors) -> Option<u16> {
 }
 
 fn parse_methods(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<String>> {
-    let Value::Array(items) = v else {
-        errs.push(path, format!("must be an array, got {}", kind(v)));
-        return None;
-    };
-    if items.is_empty() {
-        errs.push(path, "must not be empty (leave it out to match any method)");
-        return None;
-    }
+    let items = non_empty_array(v, path, "leave it out to match any method", errs)?;
     let mut out = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
