@@ -65,11 +65,14 @@ const TICK: Duration = Duration::from_secs(1);
 /// Compare-and-swap attempts before an update is dropped.
 const CAS_ATTEMPTS: usize = 32;
 
-fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+/// Milliseconds since the Unix epoch (the clock the core works with).
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time().map_or(0, epoch_ms)
 }
 
 /// Runs `f` on the breaker state stored at `key` and stores the result,
@@ -349,9 +352,7 @@ impl HttpContext for Shift {
                 .and_then(|h| cookie::find(&h, name.as_bytes()).map(<[u8]>::to_vec)),
         };
         let now = self.get_current_time();
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = epoch_ms(now);
         let stats = shared.stats.get(index);
         if let Some(s) = stats {
             if key.as_deref().is_none_or(<[u8]>::is_empty) {
@@ -450,8 +451,9 @@ impl HttpContext for Shift {
             Some(FailureOrigin::Proxy) => increment(s.failure_proxy),
             None => {}
         }
-        let elapsed = self
-            .get_current_time()
+        // One clock read serves the histogram and the breaker.
+        let now = self.get_current_time();
+        let elapsed = now
             .duration_since(p.start)
             .map_or(0, |d| d.as_millis() as u64);
         record(s.upstream_rq_time, elapsed);
@@ -460,7 +462,7 @@ impl HttpContext for Shift {
         if let (Some(probe), Some(route), Some(slot)) = (p.breaker_probe, route, slot) {
             if let Some(settings) = &route.outlier {
                 let failure = settings.is_failure(status, flags != 0);
-                let now = now_ms();
+                let now = epoch_ms(now);
                 if let Some((Some(t), b)) =
                     update_breaker(&slot.key, |b| b.record(settings, now, failure, probe))
                 {
