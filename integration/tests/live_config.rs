@@ -212,6 +212,18 @@ async fn grpc_ecds_shifts_under_load_with_zero_failed_requests() {
     shift_under_load("grpc").await;
 }
 
+/// Who served 50 fresh request ids on route `shift`.
+async fn fifty_on_shift(c: &reqwest::Client, stack: &Stack) -> Vec<String> {
+    served_by_keys(
+        c,
+        &stack.envoy.url("/shift/x"),
+        "x-request-id",
+        &random_ids(50),
+        4,
+    )
+    .await
+}
+
 /// Each invalid update is refused (Envoy's stats move, the log names the
 /// field) while the previous config keeps serving; the next valid one wins.
 async fn refuse_bad_updates(kind: &str) {
@@ -240,28 +252,14 @@ async fn refuse_bad_updates(kind: &str) {
             Some(serde_json::Value::from("good-1"))
         );
         // Still 100 %.
-        let served = served_by_keys(
-            &c,
-            &stack.envoy.url("/shift/x"),
-            "x-request-id",
-            &random_ids(50),
-            4,
-        )
-        .await;
+        let served = fifty_on_shift(&c, &stack).await;
         assert!(
             served.iter().all(|s| s == "auth_service"),
             "{kind} after {version}: {served:?}"
         );
     }
     source.apply(&stack, "good-2", &config(0)).await.unwrap();
-    let served = served_by_keys(
-        &c,
-        &stack.envoy.url("/shift/x"),
-        "x-request-id",
-        &random_ids(50),
-        4,
-    )
-    .await;
+    let served = fifty_on_shift(&c, &stack).await;
     assert!(served.iter().all(|s| s == "monolith"));
     let report = load.stop().await;
     assert_eq!(
