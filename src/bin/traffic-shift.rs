@@ -6,6 +6,8 @@
 //! service, percent now, ramp steps ahead, outlier settings), and with
 //! `--key` which side that key lands on and its bucket. `--at` evaluates
 //! ramps at another time (RFC 3339 UTC) instead of now. FILE `-` is stdin.
+//! Arguments are taken as bytes: a key or a file name need not be UTF-8.
+//! A usage error or an unreadable FILE: one line on stderr, exit 2.
 
 #![deny(
     clippy::unwrap_used,
@@ -14,52 +16,115 @@
     clippy::indexing_slicing
 )]
 
-use std::io::Read;
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use traffic_shift::breaker::OnOpen;
 use traffic_shift::config::{Config, HashKey, Route, Target};
-use traffic_shift::hash::bucket;
+use traffic_shift::hash::{bucket, shifted};
 use traffic_shift::ramp::{format_rfc3339_utc, parse_rfc3339_utc};
 use traffic_shift::routes::PathMatch;
+
+/// `writeln!` into the output buffer (a `String` cannot fail).
+macro_rules! say {
+    ($out:expr) => {
+        $out.push('\n')
+    };
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 
 const USAGE: &str =
     "usage: traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC]";
 
+const HELP: &str = "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC]
+
+Checks a traffic_shift plugin configuration (JSON) with the filter's own code.
+  FILE           the configuration; - reads standard input
+  --key VALUE    also show the bucket and side of this request key (any bytes)
+  --route NAME   only for this route (default: every route)
+  --at TIME      evaluate ramps at TIME (RFC 3339 UTC) instead of now
+
+Exit status: 0 valid (the plan is printed), 1 invalid (every error on stderr,
+as the filter logs it), 2 usage error or unreadable FILE (one line on stderr).";
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Arguments are bytes on Unix: a key or a file name need not be UTF-8.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match run(&args) {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("{msg}\n{USAGE}");
+            eprintln!("traffic-shift: {msg} ({USAGE})");
             ExitCode::from(2)
         }
     }
 }
 
-fn run(args: &[String]) -> Result<ExitCode, String> {
-    let (Some("check"), Some(file)) = (args.first().map(String::as_str), args.get(1)) else {
-        return Err("traffic-shift: expected `check FILE`".into());
+/// `s` as `"..."`: Rust string syntax when it is UTF-8, else ASCII with
+/// `\xNN` escapes.
+fn quoted(s: &[u8]) -> String {
+    match std::str::from_utf8(s) {
+        Ok(s) => format!("{s:?}"),
+        Err(_) => format!("\"{}\"", s.escape_ascii()),
+    }
+}
+
+fn run(args: &[OsString]) -> Result<ExitCode, String> {
+    let help = |a: &OsString| a == "--help" || a == "-h";
+    // --help in any flag position (not as the value of --key).
+    let mut flags = args.iter().skip(2).step_by(2);
+    if args.first().is_some_and(help) || args.get(1).is_some_and(help) || flags.any(help) {
+        let _ = writeln!(std::io::stdout(), "{HELP}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(cmd), Some(file)) = (args.first(), args.get(1)) else {
+        return Err("expected `check FILE`".into());
     };
-    let mut key = None;
+    if cmd != "check" {
+        return Err(format!("unknown command {}", quoted(cmd.as_bytes())));
+    }
+    let mut key: Option<&OsStr> = None;
     let mut route_name = None;
     let mut now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut rest = args.iter().skip(2);
     while let Some(flag) = rest.next() {
-        let value = rest.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--key" => key = Some(value.clone()),
-            "--route" => route_name = Some(value.clone()),
-            "--at" => {
-                now_ms = parse_rfc3339_utc(value)
-                    .ok_or(format!("--at: not an RFC 3339 UTC time: {value}"))?
-            }
-            other => return Err(format!("unknown argument {other}")),
+        let flag_text = quoted(flag.as_bytes());
+        let known = ["--key", "--route", "--at"];
+        if !known.iter().any(|k| flag == k) {
+            return Err(format!("unknown argument {flag_text}"));
+        }
+        let value = rest
+            .next()
+            .ok_or(format!("{} needs a value", flag.to_string_lossy()))?;
+        if flag == "--key" {
+            key = Some(value);
+            continue;
+        }
+        let Some(text) = value.to_str() else {
+            return Err(format!(
+                "{}: not UTF-8: {}",
+                flag.to_string_lossy(),
+                quoted(value.as_bytes())
+            ));
+        };
+        if flag == "--route" {
+            route_name = Some(text.to_string());
+        } else {
+            now_ms =
+                parse_rfc3339_utc(text).ok_or(format!("--at: not an RFC 3339 UTC time: {text}"))?;
         }
     }
+    let shown = match file.to_str() {
+        Some(f) => f.to_string(),
+        None => file.as_bytes().escape_ascii().to_string(),
+    };
     let bytes = if file == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -67,7 +132,13 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             .map_err(|e| format!("stdin: {e}"))?;
         buf
     } else {
-        std::fs::read(file).map_err(|e| format!("{file}: {e}"))?
+        match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("traffic-shift: {shown}: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
     };
     let config = match Config::from_json(&bytes) {
         Ok(c) => c,
@@ -84,15 +155,18 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             return Err(format!("--route: no route named {name:?}"));
         }
     }
-    print_plan(file, &config, now_ms);
+    let mut out = String::new();
+    print_plan(&mut out, &shown, &config, now_ms);
     if let Some(key) = key {
-        println!();
+        say!(out);
         for r in &config.routes {
             if route_name.as_ref().is_none_or(|n| n == &r.name) {
-                print_key(&config, r, &key, now_ms);
+                print_key(&mut out, &config, r, key.as_bytes(), now_ms);
             }
         }
     }
+    // A closed stdout (`| head`) is not an error of the check.
+    let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -108,8 +182,9 @@ fn key_source(k: &HashKey) -> String {
     }
 }
 
-fn print_plan(file: &str, config: &Config, now_ms: u64) {
-    println!(
+fn print_plan(out: &mut String, file: &str, config: &Config, now_ms: u64) {
+    say!(
+        out,
         "{file}: valid; monolith cluster {:?}, target header {:?}, {} route(s), evaluated at {}",
         config.monolith,
         config.target_header,
@@ -122,7 +197,7 @@ fn print_plan(file: &str, config: &Config, now_ms: u64) {
         } else {
             " (no secret)".into()
         };
-        println!("override: header {}{secret}", o.header);
+        say!(out, "override: header {}{secret}", o.header);
     }
     for r in &config.routes {
         let matcher = match &r.matcher.path {
@@ -134,11 +209,14 @@ fn print_plan(file: &str, config: &Config, now_ms: u64) {
             .methods
             .as_ref()
             .map_or("any method".to_string(), |m| m.join(","));
-        println!(
+        say!(
+            out,
             "route {}: {matcher}, {methods} -> service {}",
-            r.name, r.service
+            r.name,
+            r.service
         );
-        println!(
+        say!(
+            out,
             "  percent now: {} ({} bp); key: {}; salt: {:?}",
             percent(r.basis_points_at(now_ms)),
             r.basis_points_at(now_ms),
@@ -163,10 +241,10 @@ fn print_plan(file: &str, config: &Config, now_ms: u64) {
             } else {
                 ahead.join(", ")
             };
-            println!("  ramp steps ahead: {ahead}");
+            say!(out, "  ramp steps ahead: {ahead}");
         }
         match &r.outlier {
-            None => println!("  outlier: off"),
+            None => say!(out, "  outlier: off"),
             Some(o) => {
                 let rate = o.failure_rate.as_ref().map_or("off".to_string(), |f| {
                     format!(
@@ -175,7 +253,7 @@ fn print_plan(file: &str, config: &Config, now_ms: u64) {
                     )
                 });
                 let statuses: Vec<String> = o.failure_statuses.iter().map(u16::to_string).collect();
-                println!(
+                say!(out,
                     "  outlier: consecutive failures {}, failure rate {rate}, failure statuses {}, ejection {}..{} ms, {} half-open probe(s), on open: {}",
                     o.consecutive_failures,
                     statuses.join(","),
@@ -192,18 +270,31 @@ fn print_plan(file: &str, config: &Config, now_ms: u64) {
     }
 }
 
-fn print_key(config: &Config, r: &Route, key: &str, now_ms: u64) {
+/// Which side `key` lands on and why, as the filter decides it.
+fn print_key(out: &mut String, config: &Config, r: &Route, key: &[u8], now_ms: u64) {
     let bp = r.basis_points_at(now_ms);
-    let target = r.decide_at(Some(key.as_bytes()), bp);
+    let target = r.decide_at(Some(key), bp);
     let side = match target {
         Target::Service => "service",
         Target::Monolith => "monolith",
     };
-    println!(
-        "key {key:?} on route {}: bucket {} (salt {:?}), shifted below {bp} -> {side} ({})",
+    let why = if key.is_empty() {
+        // The filter never hashes an empty key, whatever the percent.
+        "empty key".to_string()
+    } else {
+        let b = bucket(r.salt.as_bytes(), key);
+        let cmp = if shifted(b, bp) { "below" } else { "not below" };
+        format!(
+            "bucket {b} (salt {:?}), {cmp} the threshold {bp} ({})",
+            r.salt,
+            percent(bp)
+        )
+    };
+    say!(
+        out,
+        "key {} on route {}: {why} -> {side} ({})",
+        quoted(key),
         r.name,
-        bucket(r.salt.as_bytes(), key.as_bytes()),
-        r.salt,
         config.cluster(r, target)
     );
 }
