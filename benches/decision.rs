@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use traffic_shift::breaker::Breaker;
+use traffic_shift::headers::{self, HeaderMap};
 use traffic_shift::config::{Config, Target};
 
 /// `n` routes: two thirds prefixes, one third exact paths, one of each
@@ -60,8 +61,9 @@ fn decision(c: &mut Criterion) {
             })
         });
 
-        // With the breaker: the filter reads the shared-data bytes, decodes,
-        // admits and re-encodes (to compare) for requests bound to the service.
+        // With the breaker: the filter reads the shared-data bytes (empty
+        // while healthy), and only decodes, admits and re-encodes (to
+        // compare) when they are not.
         let cfg = config(n, true);
         let state = Breaker::default().encode();
         let salt = format!("s{i}");
@@ -78,14 +80,59 @@ fn decision(c: &mut Criterion) {
                     let target = route.decide(Some(black_box(shifted.as_bytes())));
                     assert_eq!(target, Target::Service);
                     if let (Target::Service, Some(s)) = (target, &route.outlier) {
-                        let mut br = Breaker::decode(black_box(&state)).unwrap_or_default();
-                        let admission = br.admit(s, black_box(1_700_000_000_000));
-                        black_box((admission, br.encode() == state));
+                        let state = black_box(&state);
+                        if !state.is_empty() {
+                            let mut br = Breaker::decode(state).unwrap_or_default();
+                            let admission = br.admit(s, black_box(1_700_000_000_000));
+                            black_box((admission, br.encode() == *state));
+                        }
                     }
                     Some(target)
                 })
             },
         );
+    }
+    group.finish();
+
+    // Picking the filter's headers out of the serialized map the host hands
+    // over in one call: a bare request (5 headers) and a browser-like one
+    // (15), the key last.
+    let mut group = c.benchmark_group("headers");
+    let base: Vec<(&[u8], &[u8])> = vec![
+        (b":authority", b"shop.example.com"),
+        (b":path", b"/api/auth/login?next=%2Fcart"),
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b"x-request-id", key),
+    ];
+    let extra: Vec<(&[u8], &[u8])> = vec![
+        (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36"),
+        (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+        (b"accept-language", b"en-US,en;q=0.9"),
+        (b"accept-encoding", b"gzip, deflate, br"),
+        (b"cookie", b"session=abc123; theme=dark; cart=42"),
+        (b"referer", b"https://shop.example.com/"),
+        (b"x-forwarded-for", b"203.0.113.7"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-envoy-expected-rq-timeout-ms", b"15000"),
+        (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ];
+    for (label, pairs) in [
+        ("5 headers", base.clone()),
+        ("15 headers", {
+            let mut p = extra.clone();
+            p.extend(base.iter().copied());
+            p
+        }),
+    ] {
+        let bytes = headers::serialize(&pairs);
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let m = HeaderMap::new(black_box(&bytes));
+                let [method, path, target] = m.pick([b":method", b":path", b"x-shift-target"]);
+                (method, path, target, m.get(b"x-request-id"))
+            })
+        });
     }
     group.finish();
 }

@@ -2,30 +2,45 @@
 //!
 //! Pure state machine: time comes in as `now_ms` (injected clock), the state
 //! is a plain value the glue keeps in proxy-wasm shared data (one process-wide
-//! value per route, updated with compare-and-swap) via [`Breaker::encode`] /
-//! [`Breaker::decode`].
+//! value per route and service, updated with compare-and-swap) via
+//! [`Breaker::encode`] / [`Breaker::decode`]. A healthy breaker (closed, no
+//! failure streak, no ejection to remember) encodes to zero bytes, so the
+//! glue's per-request read of it copies nothing into the VM, and a success
+//! seen while it was healthy needs no write at all.
 //!
 //! States and transitions:
 //! 1. Closed -> Open when `consecutive_failures` failures of the service
 //!    arrive in a row ([`Reason::ConsecutiveFailures`]), or when the failure
 //!    rate over the last `window_ms` reaches `threshold_percent` with at least
-//!    `min_requests` requests ([`Reason::FailureRate`]). The ejection count
-//!    grows by one; the breaker stays open for
+//!    `min_requests` requests ([`Reason::FailureRate`]; the window is a
+//!    [`Window`] the glue keeps per worker and merges on its tick). The
+//!    ejection count grows by one; the breaker stays open for
 //!    `min(base_ejection_ms * ejections, max_ejection_ms)` (Envoy's outlier
 //!    detection semantics).
 //! 2. Open -> HalfOpen once the ejection time is over
 //!    ([`Reason::EjectionElapsed`]). Time-driven and idempotent: whoever sees
 //!    it first (a request or any worker's tick) makes it, the others find it
-//!    made.
-//! 3. HalfOpen: `half_open_probes` requests go to the service as probes; the
-//!    rest are handled as when open. A probe whose outcome never arrives is
-//!    given up after `base_ejection_ms` and probes are let through again.
-//! 4. HalfOpen -> Closed when every probe succeeded
+//!    made. Entering HalfOpen starts a new probe round.
+//! 3. HalfOpen: `half_open_probes` requests may be outstanding as probes at
+//!    once; the rest are handled as when open. Each probe carries the round
+//!    that issued it, and only outcomes of the current round count. Probes
+//!    still outstanding when the most recent of them has been out for
+//!    `base_ejection_ms` are given up: their slots are freed and a new round
+//!    starts, so their late outcomes are ignored. Successes already counted
+//!    stay counted; a breaker without outstanding probes is never reset by
+//!    time, whatever the traffic rate.
+//! 4. HalfOpen -> Closed when `half_open_probes` probes have succeeded
 //!    ([`Reason::ProbeSucceeded`]).
-//! 5. HalfOpen -> Open when a probe fails ([`Reason::ProbeFailed`]), for the
-//!    next, longer ejection.
+//! 5. HalfOpen -> Open when a probe of the current round fails
+//!    ([`Reason::ProbeFailed`]), for the next, longer ejection.
 //! 6. Closed, no ejection for as long as the last ejection lasted: the
 //!    ejection count goes back to 0 (no log line, no state change).
+//! 7. Clock steps: the glue runs on the host's wall clock, which can jump.
+//!    Every entry point first clamps times that lie in the future: an
+//!    ejection ends at most `last ejection` after `now_ms` (so no ejection
+//!    ever lasts longer than it was set for, and never longer than
+//!    `max_ejection_ms`), and "closed since" / "probe issued at" are at most
+//!    `now_ms`.
 //!
 //! Only outcomes of requests actually sent to the service count: fallbacks
 //! to the monolith and fast-fail replies never reach [`Breaker::record`].
@@ -53,6 +68,14 @@ pub struct FailureRate {
     pub threshold_percent: u32,
     pub min_requests: u32,
     pub window_ms: u64,
+}
+
+impl FailureRate {
+    /// Whether `failures` of `requests` trip this trigger.
+    pub fn trips(&self, requests: u32, failures: u32) -> bool {
+        requests >= self.min_requests.max(1)
+            && u64::from(failures) * 100 >= u64::from(self.threshold_percent) * u64::from(requests)
+    }
 }
 
 /// What happens to requests the breaker keeps from the service.
@@ -134,21 +157,30 @@ pub struct Transition {
 pub enum Admission {
     /// Send it to the service.
     Pass,
-    /// Send it to the service as a half-open probe.
-    Probe,
+    /// Send it to the service as a half-open probe of `round`; its outcome
+    /// counts only while that round lasts.
+    Probe { round: u32 },
     /// Keep it from the service; the breaker reopens to probes in this
     /// many ms (for `Retry-After`).
     Blocked { retry_after_ms: u64 },
 }
 
-const SLOTS: usize = 10;
+impl Admission {
+    /// The outcome ticket of an admitted request (`None`: blocked).
+    pub fn ticket(self) -> Option<Ticket> {
+        match self {
+            Admission::Pass => Some(Ticket::Pass),
+            Admission::Probe { round } => Some(Ticket::Probe { round }),
+            Admission::Blocked { .. } => None,
+        }
+    }
+}
 
-/// One slice of the failure-rate window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Slot {
-    epoch: u64,
-    requests: u32,
-    failures: u32,
+/// How a request was admitted, carried to its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    Pass,
+    Probe { round: u32 },
 }
 
 /// The process-wide state of one route's breaker.
@@ -158,14 +190,19 @@ pub struct Breaker {
     consecutive: u32,
     /// Ejections in a row (the backoff multiplier).
     ejections: u32,
-    /// Open: until when. HalfOpen: since when. Closed: since when.
-    since_or_until: u64,
-    /// HalfOpen: probes let through / succeeded.
+    /// Probe round (rule 3); grows on every entry into HalfOpen and every
+    /// give-up.
+    round: u32,
+    /// HalfOpen: probes of this round let through / succeeded (successes
+    /// survive a give-up).
     probes_issued: u32,
     probes_ok: u32,
-    /// Closed: how long the last ejection lasted (for rule 6).
+    /// Open: until when. HalfOpen, Closed: since when.
+    since_or_until: u64,
+    /// HalfOpen: when the most recent probe was let through.
+    last_probe_ms: u64,
+    /// How long the last ejection lasted (rules 6 and 7).
     last_ejection_ms: u64,
-    slots: [Slot; SLOTS],
 }
 
 impl Default for Breaker {
@@ -174,11 +211,12 @@ impl Default for Breaker {
             state: State::Closed,
             consecutive: 0,
             ejections: 0,
-            since_or_until: 0,
+            round: 0,
             probes_issued: 0,
             probes_ok: 0,
+            since_or_until: 0,
+            last_probe_ms: 0,
             last_ejection_ms: 0,
-            slots: [Slot::default(); SLOTS],
         }
     }
 }
@@ -193,14 +231,37 @@ impl Breaker {
         self.ejections
     }
 
-    /// Time-driven transitions (rules 2, 3's probe give-up, 6). Idempotent:
+    /// Closed with no failure streak and no ejection to remember: encodes
+    /// to nothing, and a success changes nothing.
+    pub fn is_healthy(&self) -> bool {
+        self.state == State::Closed && self.consecutive == 0 && self.ejections == 0
+    }
+
+    /// Rule 7: times in the future are clamped to `now_ms`.
+    fn clamp(&mut self, now_ms: u64) {
+        match self.state {
+            State::Open => {
+                self.since_or_until = self
+                    .since_or_until
+                    .min(now_ms.saturating_add(self.last_ejection_ms));
+            }
+            State::HalfOpen | State::Closed => {
+                self.since_or_until = self.since_or_until.min(now_ms);
+                self.last_probe_ms = self.last_probe_ms.min(now_ms);
+            }
+        }
+    }
+
+    /// Time-driven transitions (rules 2, 3's give-up, 6, 7). Idempotent:
     /// applying it twice at the same `now_ms` changes nothing the second
     /// time.
     pub fn advance(&mut self, s: &Settings, now_ms: u64) -> Option<Transition> {
+        self.clamp(now_ms);
         match self.state {
             State::Open if now_ms >= self.since_or_until => {
                 self.state = State::HalfOpen;
                 self.since_or_until = now_ms;
+                self.round = self.round.wrapping_add(1);
                 self.probes_issued = 0;
                 self.probes_ok = 0;
                 Some(Transition {
@@ -211,13 +272,12 @@ impl Breaker {
                 })
             }
             State::HalfOpen
-                if self.probes_issued > 0
-                    && now_ms >= self.since_or_until.saturating_add(s.base_ejection_ms) =>
+                if self.probes_issued > self.probes_ok
+                    && now_ms >= self.last_probe_ms.saturating_add(s.base_ejection_ms) =>
             {
-                // Rule 3: the probes' outcomes never came; probe again.
-                self.since_or_until = now_ms;
-                self.probes_issued = 0;
-                self.probes_ok = 0;
+                // Rule 3: the outstanding probes' outcomes never came.
+                self.round = self.round.wrapping_add(1);
+                self.probes_issued = self.probes_ok;
                 None
             }
             State::Closed
@@ -231,8 +291,8 @@ impl Breaker {
         }
     }
 
-    /// Decides for a request the split sent to the service, consuming a
-    /// probe slot when half-open.
+    /// Decides for a request the split sent to the service, taking a probe
+    /// slot when half-open.
     pub fn admit(&mut self, s: &Settings, now_ms: u64) -> (Admission, Option<Transition>) {
         let t = self.advance(s, now_ms);
         let admission = match self.state {
@@ -242,75 +302,80 @@ impl Breaker {
             },
             State::HalfOpen if self.probes_issued < s.half_open_probes => {
                 self.probes_issued += 1;
-                Admission::Probe
+                self.last_probe_ms = now_ms;
+                Admission::Probe { round: self.round }
             }
             State::HalfOpen => Admission::Blocked { retry_after_ms: 0 },
         };
         (admission, t)
     }
 
-    /// Records the outcome of a request sent to the service (`probe`: it was
-    /// admitted as a probe).
+    /// Records the outcome of a request sent to the service. `window`: the
+    /// failure-rate window including this outcome, when the route has a
+    /// failure-rate trigger.
     pub fn record(
         &mut self,
         s: &Settings,
         now_ms: u64,
         failure: bool,
-        probe: bool,
+        ticket: Ticket,
+        window: Option<&Window>,
     ) -> Option<Transition> {
         if let Some(t) = self.advance(s, now_ms) {
             return Some(t);
         }
-        match self.state {
-            State::HalfOpen if probe => {
+        match (self.state, ticket) {
+            (State::HalfOpen, Ticket::Probe { round }) if round == self.round => {
                 if failure {
                     Some(self.open(s, now_ms, State::HalfOpen, Reason::ProbeFailed))
                 } else {
-                    self.probes_ok += 1;
+                    self.probes_ok = self.probes_ok.saturating_add(1);
                     (self.probes_ok >= s.half_open_probes).then(|| self.close(now_ms))
                 }
             }
-            // Late outcomes of requests admitted before the breaker opened.
-            State::HalfOpen | State::Open => None,
-            State::Closed => self.record_closed(s, now_ms, failure),
+            // Late outcomes: of requests admitted before the breaker opened,
+            // or of probes of a round given up or over.
+            (State::HalfOpen | State::Open, _) => None,
+            (State::Closed, _) => self.record_closed(s, now_ms, failure, window),
         }
     }
 
-    fn record_closed(&mut self, s: &Settings, now_ms: u64, failure: bool) -> Option<Transition> {
-        self.consecutive = if failure { self.consecutive + 1 } else { 0 };
+    fn record_closed(
+        &mut self,
+        s: &Settings,
+        now_ms: u64,
+        failure: bool,
+        window: Option<&Window>,
+    ) -> Option<Transition> {
+        self.consecutive = if failure {
+            self.consecutive.saturating_add(1)
+        } else {
+            0
+        };
         if s.consecutive_failures > 0 && self.consecutive >= s.consecutive_failures {
             let reason = Reason::ConsecutiveFailures(self.consecutive);
             return Some(self.open(s, now_ms, State::Closed, reason));
         }
-        let rate = s.failure_rate.as_ref()?;
-        let slot_ms = (rate.window_ms / SLOTS as u64).max(1);
-        let epoch = now_ms / slot_ms;
-        let slot = self.slots.get_mut((epoch % SLOTS as u64) as usize)?;
-        if slot.epoch != epoch {
-            *slot = Slot {
-                epoch,
-                requests: 0,
-                failures: 0,
-            };
-        }
-        slot.requests += 1;
-        slot.failures += u32::from(failure);
-        let oldest = epoch.saturating_sub(SLOTS as u64 - 1);
-        let (requests, failures) = self
-            .slots
-            .iter()
-            .filter(|sl| sl.epoch >= oldest && sl.epoch <= epoch)
-            .fold((0u32, 0u32), |(r, f), sl| {
-                (r + sl.requests, f + sl.failures)
-            });
-        if failure
-            && requests >= rate.min_requests
-            && u64::from(failures) * 100 >= u64::from(rate.threshold_percent) * u64::from(requests)
-        {
-            let reason = Reason::FailureRate { failures, requests };
-            return Some(self.open(s, now_ms, State::Closed, reason));
+        if failure {
+            return self.check_rate(s, now_ms, window?);
         }
         None
+    }
+
+    /// Rule 1's failure-rate trigger on `window` (the glue calls it on its
+    /// tick with the window merged across workers). Only outcomes since the
+    /// breaker last closed count.
+    pub fn check_rate(&mut self, s: &Settings, now_ms: u64, window: &Window) -> Option<Transition> {
+        let rate = s.failure_rate.as_ref()?;
+        if self.state != State::Closed {
+            return None;
+        }
+        let (requests, failures) = window.totals(rate.window_ms, now_ms, self.since_or_until);
+        if !rate.trips(requests, failures) {
+            return None;
+        }
+        let reason = Reason::FailureRate { failures, requests };
+        Some(self.open(s, now_ms, State::Closed, reason))
     }
 
     fn open(&mut self, s: &Settings, now_ms: u64, from: State, reason: Reason) -> Transition {
@@ -323,7 +388,8 @@ impl Breaker {
         self.since_or_until = now_ms.saturating_add(ejection_ms);
         self.last_ejection_ms = ejection_ms;
         self.consecutive = 0;
-        self.slots = [Slot::default(); SLOTS];
+        self.probes_issued = 0;
+        self.probes_ok = 0;
         Transition {
             from,
             to: State::Open,
@@ -346,39 +412,41 @@ impl Breaker {
         }
     }
 
-    /// Little-endian layout, versioned by its first byte. The failure-rate
-    /// window is written only when it holds something, so breakers without
-    /// `failure_rate` stay at [`HEAD_LEN`] bytes.
+    /// Little-endian layout, versioned by its first byte; a healthy breaker
+    /// is the empty value.
     pub fn encode(&self) -> Vec<u8> {
-        let with_slots = self.slots.iter().any(|sl| *sl != Slot::default());
-        let mut out = Vec::with_capacity(if with_slots { FULL_LEN } else { HEAD_LEN });
-        out.push(1u8);
+        if self.is_healthy() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(ENCODED_LEN);
+        out.push(VERSION);
         out.push(self.state as u8);
         for v in [
             self.consecutive,
             self.ejections,
+            self.round,
             self.probes_issued,
             self.probes_ok,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&self.since_or_until.to_le_bytes());
-        out.extend_from_slice(&self.last_ejection_ms.to_le_bytes());
-        if !with_slots {
-            return out;
-        }
-        for sl in &self.slots {
-            out.extend_from_slice(&sl.epoch.to_le_bytes());
-            out.extend_from_slice(&sl.requests.to_le_bytes());
-            out.extend_from_slice(&sl.failures.to_le_bytes());
+        for v in [
+            self.since_or_until,
+            self.last_probe_ms,
+            self.last_ejection_ms,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
         }
         out
     }
 
-    /// The inverse of [`Breaker::encode`]; `None` for anything else
-    /// (including an empty value: treat as a fresh breaker).
+    /// The inverse of [`Breaker::encode`]; the empty value is a healthy
+    /// breaker; `None` for anything else (treat as a fresh breaker).
     pub fn decode(bytes: &[u8]) -> Option<Breaker> {
-        if !(bytes.len() == HEAD_LEN || bytes.len() == FULL_LEN) || bytes.first() != Some(&1) {
+        if bytes.is_empty() {
+            return Some(Breaker::default());
+        }
+        if bytes.len() != ENCODED_LEN || bytes.first() != Some(&VERSION) {
             return None;
         }
         let mut r = Reader(bytes.get(1..)?);
@@ -388,33 +456,136 @@ impl Breaker {
             2 => State::HalfOpen,
             _ => return None,
         };
-        let mut b = Breaker {
+        Some(Breaker {
             state,
             consecutive: r.u32()?,
             ejections: r.u32()?,
+            round: r.u32()?,
             probes_issued: r.u32()?,
             probes_ok: r.u32()?,
             since_or_until: r.u64()?,
+            last_probe_ms: r.u64()?,
             last_ejection_ms: r.u64()?,
-            slots: [Slot::default(); SLOTS],
+        })
+    }
+}
+
+const VERSION: u8 = 2;
+/// Encoded size of a breaker that is not healthy.
+pub const ENCODED_LEN: usize = 2 + 5 * 4 + 3 * 8;
+
+const SLOTS: usize = 10;
+
+/// One slice of a failure-rate window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slot {
+    epoch: u64,
+    requests: u32,
+    failures: u32,
+}
+
+/// A failure-rate window: `window_ms` in ten slices. Each worker counts its
+/// outcomes in a window of its own (no host call per request) and merges it
+/// into the process-wide one on its tick ([`Window::merge`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    slots: [Slot; SLOTS],
+}
+
+impl Window {
+    fn slot_ms(window_ms: u64) -> u64 {
+        (window_ms / SLOTS as u64).max(1)
+    }
+
+    /// Counts one outcome at `now_ms`.
+    pub fn add(&mut self, window_ms: u64, now_ms: u64, failure: bool) {
+        let epoch = now_ms / Self::slot_ms(window_ms);
+        self.add_to(epoch, 1, u32::from(failure));
+    }
+
+    fn add_to(&mut self, epoch: u64, requests: u32, failures: u32) {
+        let Some(slot) = self.slots.get_mut((epoch % SLOTS as u64) as usize) else {
+            return;
         };
-        if bytes.len() == HEAD_LEN {
-            return Some(b);
+        if slot.epoch < epoch {
+            *slot = Slot {
+                epoch,
+                requests: 0,
+                failures: 0,
+            };
+        } else if slot.epoch > epoch {
+            return; // older than what this slice holds now
         }
-        for sl in &mut b.slots {
+        slot.requests = slot.requests.saturating_add(requests);
+        slot.failures = slot.failures.saturating_add(failures);
+    }
+
+    /// Adds `other`'s counts into this window.
+    pub fn merge(&mut self, other: &Window) {
+        for sl in &other.slots {
+            if sl.requests > 0 {
+                self.add_to(sl.epoch, sl.requests, sl.failures);
+            }
+        }
+    }
+
+    /// `(requests, failures)` over the window ending at `now_ms`, leaving
+    /// out slices that ended before `from_ms`.
+    pub fn totals(&self, window_ms: u64, now_ms: u64, from_ms: u64) -> (u32, u32) {
+        let slot_ms = Self::slot_ms(window_ms);
+        let epoch = now_ms / slot_ms;
+        let oldest = epoch
+            .saturating_sub(SLOTS as u64 - 1)
+            .max(from_ms / slot_ms);
+        self.slots
+            .iter()
+            .filter(|sl| sl.epoch >= oldest && sl.epoch <= epoch)
+            .fold((0u32, 0u32), |(r, f), sl| {
+                (r.saturating_add(sl.requests), f.saturating_add(sl.failures))
+            })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(|sl| sl.requests == 0)
+    }
+
+    pub fn clear(&mut self) {
+        *self = Window::default();
+    }
+
+    /// Little-endian slots; the empty value is an empty window.
+    pub fn encode(&self) -> Vec<u8> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(SLOTS * 16);
+        for sl in &self.slots {
+            out.extend_from_slice(&sl.epoch.to_le_bytes());
+            out.extend_from_slice(&sl.requests.to_le_bytes());
+            out.extend_from_slice(&sl.failures.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Window> {
+        let mut w = Window::default();
+        if bytes.is_empty() {
+            return Some(w);
+        }
+        if bytes.len() != SLOTS * 16 {
+            return None;
+        }
+        let mut r = Reader(bytes);
+        for sl in &mut w.slots {
             *sl = Slot {
                 epoch: r.u64()?,
                 requests: r.u32()?,
                 failures: r.u32()?,
             };
         }
-        Some(b)
+        Some(w)
     }
 }
-
-/// Encoded size without / with the failure-rate window.
-pub const HEAD_LEN: usize = 2 + 4 * 4 + 8 * 2;
-const FULL_LEN: usize = HEAD_LEN + SLOTS * 16;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -448,10 +619,12 @@ mod tests {
         }
     }
 
-    /// A manual clock and a breaker.
+    /// A manual clock, a breaker and (for failure-rate settings) a window,
+    /// driven as the glue drives them.
     struct Rig {
         s: Settings,
         b: Breaker,
+        w: Window,
         now: u64,
     }
 
@@ -460,25 +633,51 @@ mod tests {
             Rig {
                 s,
                 b: Breaker::default(),
-                now: 1_000_000,
+                w: Window::default(),
+                now: 1_700_000_000_000,
             }
         }
         fn at(&mut self, ms: u64) -> &mut Self {
             self.now += ms;
             self
         }
+        fn back(&mut self, ms: u64) -> &mut Self {
+            self.now -= ms;
+            self
+        }
         fn admit(&mut self) -> Admission {
             self.b.admit(&self.s, self.now).0
         }
+        fn outcome(&mut self, failure: bool, ticket: Ticket) -> Option<Transition> {
+            let window = self.s.failure_rate.as_ref().map(|r| r.window_ms);
+            if let Some(ms) = window {
+                self.w.add(ms, self.now, failure);
+            }
+            let w = window.map(|_| &self.w);
+            self.b.record(&self.s, self.now, failure, ticket, w)
+        }
         fn fail(&mut self) -> Option<Transition> {
-            self.b.record(&self.s, self.now, true, false)
+            self.outcome(true, Ticket::Pass)
         }
         fn ok(&mut self) -> Option<Transition> {
-            self.b.record(&self.s, self.now, false, false)
+            self.outcome(false, Ticket::Pass)
+        }
+        /// Admits a probe (which must be admitted as one); its ticket.
+        fn issue(&mut self) -> Ticket {
+            match self.admit() {
+                Admission::Probe { round } => Ticket::Probe { round },
+                other => panic!("expected a probe, got {other:?}"),
+            }
         }
         fn probe(&mut self, failure: bool) -> Option<Transition> {
-            assert_eq!(self.admit(), Admission::Probe);
-            self.b.record(&self.s, self.now, failure, true)
+            let t = self.issue();
+            self.outcome(failure, t)
+        }
+        fn open(&mut self) {
+            for _ in 0..self.s.consecutive_failures {
+                self.fail();
+            }
+            assert_eq!(self.b.state(), State::Open);
         }
         /// Round-trips through the shared-data encoding, as every request does.
         fn roundtrip(&mut self) {
@@ -528,17 +727,32 @@ mod tests {
     }
 
     #[test]
-    fn rule_1_failure_rate_needs_the_minimum_volume_and_the_threshold() {
-        let s = Settings {
+    fn rule_1_the_failure_streak_saturates() {
+        let mut r = Rig::new(Settings {
+            consecutive_failures: 0,
+            ..settings()
+        });
+        r.b.consecutive = u32::MAX - 1;
+        r.fail();
+        r.fail();
+        assert_eq!(r.b.consecutive, u32::MAX);
+    }
+
+    fn rate(min_requests: u32, window_ms: u64) -> Settings {
+        Settings {
             consecutive_failures: 0,
             failure_rate: Some(FailureRate {
                 threshold_percent: 50,
-                min_requests: 10,
-                window_ms: 10_000,
+                min_requests,
+                window_ms,
             }),
             ..settings()
-        };
-        let mut r = Rig::new(s);
+        }
+    }
+
+    #[test]
+    fn rule_1_failure_rate_needs_the_minimum_volume_and_the_threshold() {
+        let mut r = Rig::new(rate(10, 10_000));
         // 4 failures of 8: 50 % but below the minimum volume.
         for i in 0..8 {
             let t = if i % 2 == 0 { r.fail() } else { r.ok() };
@@ -559,16 +773,7 @@ mod tests {
 
     #[test]
     fn rule_1_old_requests_leave_the_window() {
-        let s = Settings {
-            consecutive_failures: 0,
-            failure_rate: Some(FailureRate {
-                threshold_percent: 50,
-                min_requests: 4,
-                window_ms: 1_000,
-            }),
-            ..settings()
-        };
-        let mut r = Rig::new(s);
+        let mut r = Rig::new(rate(4, 1_000));
         r.fail();
         r.fail();
         r.fail();
@@ -581,20 +786,60 @@ mod tests {
     }
 
     #[test]
-    fn rules_2_4_ejection_elapses_then_a_probe_success_closes() {
-        let mut r = Rig::new(settings());
-        for _ in 0..3 {
+    fn rule_1_windows_merged_across_workers_trip_on_the_tick() {
+        // Two workers each see 3 failures of 5: neither alone reaches the
+        // minimum of 10; merged (as the tick does), 6/10 trips.
+        let s = rate(10, 10_000);
+        let now = 1_000_000;
+        let (mut w1, mut w2) = (Window::default(), Window::default());
+        for i in 0..5 {
+            w1.add(10_000, now + i, i < 3);
+            w2.add(10_000, now + i, i < 3);
+        }
+        let mut b = Breaker::default();
+        assert_eq!(b.check_rate(&s, now + 10, &w1), None);
+        let mut shared = Window::decode(&w1.encode()).unwrap();
+        shared.merge(&w2);
+        let t = b.check_rate(&s, now + 10, &shared).unwrap();
+        assert_eq!(
+            t.reason,
+            Reason::FailureRate {
+                failures: 6,
+                requests: 10
+            }
+        );
+    }
+
+    #[test]
+    fn rule_1_only_outcomes_since_the_breaker_closed_count() {
+        let mut r = Rig::new(rate(4, 10_000));
+        for _ in 0..4 {
             r.fail();
         }
+        assert_eq!(r.b.state(), State::Open);
+        r.at(1_000);
+        r.probe(false); // closed again
+        assert_eq!(r.b.state(), State::Closed);
+        r.at(1_000);
+        // The four failures before the ejection are still in the window's
+        // time span, but not since the close: 1 failure of 1 is below 4.
+        assert_eq!(r.fail(), None);
+        assert_eq!(r.b.state(), State::Closed);
+    }
+
+    #[test]
+    fn rules_2_4_ejection_elapses_then_a_probe_success_closes() {
+        let mut r = Rig::new(settings());
+        r.open();
         r.at(999);
         assert!(matches!(r.admit(), Admission::Blocked { .. }));
         r.at(1);
         let (a, t) = r.b.admit(&r.s, r.now);
-        assert_eq!(a, Admission::Probe);
+        assert!(matches!(a, Admission::Probe { .. }));
         assert_eq!(t.unwrap().reason, Reason::EjectionElapsed);
         // Only one probe at a time; others are blocked while it is out.
         assert_eq!(r.admit(), Admission::Blocked { retry_after_ms: 0 });
-        let t = r.b.record(&r.s, r.now, false, true).unwrap();
+        let t = r.outcome(false, a.ticket().unwrap()).unwrap();
         assert_eq!(
             (t.from, t.to, t.reason),
             (State::HalfOpen, State::Closed, Reason::ProbeSucceeded)
@@ -605,9 +850,7 @@ mod tests {
     #[test]
     fn rule_2_is_idempotent() {
         let mut r = Rig::new(settings());
-        for _ in 0..3 {
-            r.fail();
-        }
+        r.open();
         r.at(1_000);
         assert!(r.b.advance(&r.s, r.now).is_some());
         let once = r.b.clone();
@@ -618,9 +861,7 @@ mod tests {
     #[test]
     fn rule_5_a_failed_probe_reopens_for_longer_up_to_the_cap() {
         let mut r = Rig::new(settings());
-        for _ in 0..3 {
-            r.fail();
-        }
+        r.open();
         r.at(1_000);
         let t = r.probe(true).unwrap();
         assert_eq!(
@@ -643,35 +884,106 @@ mod tests {
             half_open_probes: 2,
             ..settings()
         });
-        for _ in 0..3 {
-            r.fail();
-        }
+        r.open();
         r.at(1_000);
         assert_eq!(r.probe(false), None);
         assert_eq!(r.b.state(), State::HalfOpen);
         assert_eq!(r.probe(false).unwrap().to, State::Closed);
     }
 
+    /// Issue 15, defect 1: 3 probes, 1 s base ejection, the service
+    /// answering 2 requests/s, all successful. It used to stay half-open
+    /// for ever (the give-up timer ran from the start of the round and
+    /// reset the successes even with no probe outstanding).
+    #[test]
+    fn rule_3_half_open_closes_at_low_traffic() {
+        let mut r = Rig::new(Settings {
+            half_open_probes: 3,
+            ..settings()
+        });
+        r.open();
+        r.at(1_000);
+        let mut closed_after = None;
+        for i in 1..=10 {
+            r.at(500); // 2 requests/s
+            if r.b.state() == State::Closed {
+                closed_after = Some(i - 1);
+                break;
+            }
+            r.probe(false);
+        }
+        assert_eq!(closed_after, Some(3));
+        assert_eq!(r.b.state(), State::Closed);
+        // A burst of 4 is let through whole.
+        for _ in 0..4 {
+            assert_eq!(r.admit(), Admission::Pass);
+        }
+        // And the multiplier resets after staying closed (rule 6).
+        r.at(1_000);
+        r.ok();
+        assert_eq!(r.b.ejections(), 0);
+    }
+
     #[test]
     fn rule_3_a_lost_probe_is_given_up_after_the_base_ejection() {
         let mut r = Rig::new(settings());
-        for _ in 0..3 {
-            r.fail();
-        }
+        r.open();
         r.at(1_000);
-        assert_eq!(r.admit(), Admission::Probe); // its outcome never comes
+        r.issue(); // its outcome never comes
         r.at(999);
         assert!(matches!(r.admit(), Admission::Blocked { .. }));
         r.at(1);
-        assert_eq!(r.admit(), Admission::Probe);
+        r.issue();
+    }
+
+    /// Issue 15, defect 2: after a quiet spell longer than the base
+    /// ejection, two requests in a row must not both become probes.
+    #[test]
+    fn rule_3_a_quiet_spell_does_not_double_the_probes() {
+        let mut r = Rig::new(settings());
+        r.open();
+        r.at(1_000);
+        r.b.advance(&r.s, r.now); // the tick makes it half-open
+        r.at(60_000); // nobody asks for a minute
+        r.issue();
+        assert_eq!(r.admit(), Admission::Blocked { retry_after_ms: 0 });
+    }
+
+    /// Issue 15, defect 2: a late success of a probe given up in an earlier
+    /// round does not close the breaker while the current probe is out.
+    #[test]
+    fn rule_3_outcomes_belong_to_the_round_that_issued_them() {
+        let mut r = Rig::new(settings());
+        r.open();
+        r.at(1_000);
+        let lost = r.issue();
+        r.at(1_000); // given up
+        let current = r.issue();
+        assert_ne!(lost, current);
+        assert_eq!(r.outcome(false, lost), None);
+        assert_eq!(r.b.state(), State::HalfOpen);
+        assert_eq!(r.admit(), Admission::Blocked { retry_after_ms: 0 });
+        assert_eq!(r.outcome(false, current).unwrap().to, State::Closed);
+    }
+
+    #[test]
+    fn rule_3_successes_survive_a_give_up() {
+        let mut r = Rig::new(Settings {
+            half_open_probes: 2,
+            ..settings()
+        });
+        r.open();
+        r.at(1_000);
+        assert_eq!(r.probe(false), None); // 1 of 2
+        r.issue(); // lost
+        r.at(1_000);
+        assert_eq!(r.probe(false).unwrap().to, State::Closed);
     }
 
     #[test]
     fn rule_6_the_multiplier_resets_after_staying_closed() {
         let mut r = Rig::new(settings());
-        for _ in 0..3 {
-            r.fail();
-        }
+        r.open();
         r.at(1_000);
         r.probe(true); // second ejection: 2000 ms
         r.at(2_000);
@@ -683,9 +995,8 @@ mod tests {
         r.at(1);
         r.ok();
         assert_eq!(r.b.ejections(), 0);
-        for _ in 0..3 {
-            r.fail();
-        }
+        assert!(r.b.is_healthy());
+        r.open();
         assert_eq!(
             r.admit(),
             Admission::Blocked {
@@ -694,12 +1005,49 @@ mod tests {
         );
     }
 
+    /// Issue 15, defect 3: after the wall clock steps back an hour, a 1 s
+    /// ejection used to answer retry_after_ms 3601000.
+    #[test]
+    fn rule_7_a_clock_step_back_never_lengthens_an_ejection() {
+        let mut r = Rig::new(settings());
+        r.open();
+        r.roundtrip();
+        r.back(3_600_000);
+        assert_eq!(
+            r.admit(),
+            Admission::Blocked {
+                retry_after_ms: 1_000
+            }
+        );
+        r.at(1_000);
+        assert!(matches!(r.admit(), Admission::Probe { .. }));
+    }
+
+    #[test]
+    fn rule_7_a_clock_step_back_in_half_open_and_closed() {
+        let mut r = Rig::new(settings());
+        r.open();
+        r.at(1_000);
+        r.issue();
+        r.back(3_600_000);
+        // The probe was "issued in the future": clamped to now, so it is
+        // given up one base ejection from now, not in an hour.
+        assert_eq!(r.admit(), Admission::Blocked { retry_after_ms: 0 });
+        r.at(1_000);
+        r.probe(false);
+        assert_eq!(r.b.state(), State::Closed);
+        assert_eq!(r.b.ejections(), 1);
+        r.back(3_600_000);
+        r.ok();
+        r.at(1_000); // closed for as long as the last ejection: reset
+        r.ok();
+        assert_eq!(r.b.ejections(), 0);
+    }
+
     #[test]
     fn late_outcomes_while_open_do_not_count() {
         let mut r = Rig::new(settings());
-        for _ in 0..3 {
-            r.fail();
-        }
+        r.open();
         assert_eq!(r.fail(), None);
         assert_eq!(r.ok(), None);
         assert_eq!(r.b.state(), State::Open);
@@ -719,28 +1067,35 @@ mod tests {
     }
 
     #[test]
-    fn decode_rejects_anything_but_its_own_encoding() {
+    fn a_healthy_breaker_is_the_empty_value() {
         let b = Breaker::default();
+        assert!(b.encode().is_empty());
+        assert_eq!(Breaker::decode(&[]), Some(Breaker::default()));
+        let mut r = Rig::new(settings());
+        r.fail();
+        assert_eq!(r.b.encode().len(), ENCODED_LEN);
+        r.ok();
+        assert!(r.b.encode().is_empty());
+    }
+
+    #[test]
+    fn decode_rejects_anything_but_its_own_encoding() {
+        let mut r = Rig::new(settings());
+        r.open();
+        let b = r.b.clone();
         assert_eq!(Breaker::decode(&b.encode()), Some(b.clone()));
-        assert_eq!(Breaker::decode(&[]), None);
-        assert_eq!(b.encode().len(), HEAD_LEN);
-        assert_eq!(Breaker::decode(&[2; HEAD_LEN]), None);
-        assert_eq!(Breaker::decode(&[1; HEAD_LEN + 1]), None);
+        assert_eq!(Breaker::decode(&[2; ENCODED_LEN - 1]), None);
+        assert_eq!(Breaker::decode(&[1; ENCODED_LEN]), None);
         let mut bad = b.encode();
         bad[1] = 7;
         assert_eq!(Breaker::decode(&bad), None);
-        // With a window, the slots travel too.
-        let s = Settings {
-            failure_rate: Some(FailureRate {
-                threshold_percent: 90,
-                min_requests: 100,
-                window_ms: 1000,
-            }),
-            ..Settings::default()
-        };
-        let mut w = Breaker::default();
-        w.record(&s, 5_000, true, false);
-        assert_eq!(w.encode().len(), FULL_LEN);
-        assert_eq!(Breaker::decode(&w.encode()), Some(w));
+        // Windows too.
+        let mut w = Window::default();
+        assert!(w.encode().is_empty());
+        w.add(1_000, 5_000, true);
+        assert_eq!(Window::decode(&w.encode()), Some(w.clone()));
+        assert_eq!(Window::decode(&[0; 7]), None);
+        w.clear();
+        assert!(w.is_empty());
     }
 }

@@ -9,12 +9,14 @@
 //!   every error names its field path.
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
+//! - [`headers`]: the request headers as one serialized map, read in place.
 //! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
-//! - `filter` (wasm32 only): the thin proxy-wasm glue mapping host calls to
-//!   the core above. Nothing in the core knows about proxy-wasm.
+//! - `filter/` (wasm32 only): the thin proxy-wasm glue mapping host calls to
+//!   the core above, one file per host concern. Nothing in the core knows
+//!   about proxy-wasm.
 #![cfg_attr(
     not(test),
     deny(
@@ -29,6 +31,7 @@ pub mod breaker;
 pub mod config;
 pub mod cookie;
 pub mod hash;
+pub mod headers;
 pub mod ramp;
 pub mod routes;
 pub mod stats;

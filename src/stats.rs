@@ -8,8 +8,11 @@
 //! `traffic_shift_rq_total{route="auth",target="service"}`.
 //!
 //! Every stat is defined here, once per configuration; per request the filter
-//! only increments ids. The full list, with Prometheus names, is in the
+//! only adds to counters in VM memory ([`LocalCounters`]) and hands them to
+//! the host on its tick. The full list, with Prometheus names, is in the
 //! README ("Metrics").
+
+use std::cell::Cell;
 
 use crate::config::Target;
 
@@ -167,6 +170,54 @@ impl<Id> BreakerStats<Id> {
     }
 }
 
+/// Counters kept in VM memory and handed to the host in one batch.
+///
+/// Each Envoy worker runs its own VM, so a plain cell per counter needs no
+/// synchronization; [`LocalCounters::drain`] gives every non-zero delta to
+/// the host (`increment_metric(id, delta)`) once per tick, instead of one
+/// host call per request and counter. A scrape lags by at most one tick.
+#[derive(Debug, Default)]
+pub struct LocalCounters {
+    /// Host metric id of each counter (`None`: the host refused it).
+    host: Vec<Option<u32>>,
+    deltas: Vec<Cell<u64>>,
+}
+
+/// A counter of a [`LocalCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterId(usize);
+
+impl LocalCounters {
+    /// Adds a counter whose host metric id is `host`.
+    pub fn register(&mut self, host: Option<u32>) -> CounterId {
+        self.host.push(host);
+        self.deltas.push(Cell::new(0));
+        CounterId(self.deltas.len() - 1)
+    }
+
+    pub fn add(&self, id: CounterId, n: u64) {
+        if let Some(c) = self.deltas.get(id.0) {
+            c.set(c.get().saturating_add(n));
+        }
+    }
+
+    /// Not yet handed to the host.
+    pub fn pending(&self, id: CounterId) -> u64 {
+        self.deltas.get(id.0).map_or(0, Cell::get)
+    }
+
+    /// Calls `f(host_id, delta)` for every counter with a non-zero delta
+    /// and a host id, and zeroes the deltas.
+    pub fn drain(&self, mut f: impl FnMut(u32, u64)) {
+        for (host, delta) in self.host.iter().zip(&self.deltas) {
+            let d = delta.take();
+            if let (Some(h), true) = (host, d > 0) {
+                f(*h, d);
+            }
+        }
+    }
+}
+
 /// Name of the global gauge of breaker state keys in shared data.
 pub fn breaker_keys_name() -> String {
     format!("{PREFIX}.breaker_keys")
@@ -220,6 +271,28 @@ mod tests {
             }
         );
         assert!(needs_flags(503) && !needs_flags(499));
+    }
+
+    #[test]
+    fn local_counters_hand_over_each_delta_once() {
+        let mut c = LocalCounters::default();
+        let a = c.register(Some(7));
+        let b = c.register(Some(9));
+        let refused = c.register(None);
+        for _ in 0..3 {
+            c.add(a, 1);
+        }
+        c.add(refused, 1);
+        assert_eq!(c.pending(a), 3);
+        let mut out = Vec::new();
+        c.drain(|id, d| out.push((id, d)));
+        assert_eq!(out, vec![(7, 3)]);
+        out.clear();
+        c.drain(|id, d| out.push((id, d)));
+        assert!(out.is_empty(), "nothing twice, no zero deltas");
+        c.add(b, 2);
+        c.drain(|id, d| out.push((id, d)));
+        assert_eq!(out, vec![(9, 2)]);
     }
 
     #[test]

@@ -671,9 +671,21 @@ impl Metrics {
     }
 }
 
+/// How long the filter may hold counts before Envoy sees them: each worker
+/// accumulates its counters in VM memory and flushes them on its 1 s tick
+/// (src/filter/counters.rs), plus a margin for a busy machine.
+pub const COUNTER_FLUSH: Duration = Duration::from_millis(1_300);
+
 impl Envoy {
-    /// A parsed scrape of `/stats/prometheus`.
+    /// A parsed scrape of `/stats/prometheus`, taken once every count of
+    /// the requests made so far has been flushed (one tick plus a margin).
     pub async fn metrics(&self) -> Metrics {
+        tokio::time::sleep(COUNTER_FLUSH).await;
+        self.metrics_now().await
+    }
+
+    /// A parsed scrape of `/stats/prometheus`, now.
+    pub async fn metrics_now(&self) -> Metrics {
         Metrics::parse(&self.admin_get("/stats/prometheus").await)
     }
 
@@ -682,7 +694,7 @@ impl Envoy {
     pub async fn metrics_when(&self, ready: impl Fn(&Metrics) -> bool) -> Metrics {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let m = self.metrics().await;
+            let m = self.metrics_now().await;
             if ready(&m) || Instant::now() > deadline {
                 return m;
             }

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use traffic_shift::breaker::Breaker;
+use traffic_shift::breaker::{Breaker, Ticket, Window};
 use traffic_shift::config::{forced_target, Config, HashKey, Target};
 use traffic_shift::cookie;
 
@@ -49,13 +49,17 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(settings) = &route.outlier {
         let mut b = Breaker::decode(key.unwrap_or_default()).unwrap_or_default();
-        let _ = b.admit(settings, now);
-        let _ = b.record(
-            settings,
-            now,
-            cookies.first().is_some_and(|c| c & 1 == 1),
-            false,
-        );
+        let (admission, _) = b.admit(settings, now);
+        let failure = cookies.first().is_some_and(|c| c & 1 == 1);
+        let mut w = Window::decode(path).unwrap_or_default();
+        if let Some(rate) = &settings.failure_rate {
+            w.add(rate.window_ms, now, failure);
+        }
+        let ticket = admission.ticket().unwrap_or(Ticket::Pass);
+        let _ = b.record(settings, now, failure, ticket, Some(&w));
+        let _ = b.check_rate(settings, now, &w);
+        let _ = b.advance(settings, now.wrapping_sub(3_600_000));
         assert_eq!(Breaker::decode(&b.encode()), Some(b));
+        assert_eq!(Window::decode(&w.encode()), Some(w));
     }
 });

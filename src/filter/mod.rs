@@ -1,0 +1,271 @@
+//! The proxy-wasm glue: maps host callbacks and host calls to the core.
+//! One file per host concern:
+//!
+//! - `request.rs`: the request path (headers read once, decision, target
+//!   header, breaker admission);
+//! - `response.rs`: the response path (outcome, counters, histogram,
+//!   breaker outcome);
+//! - `breaker.rs`: the breaker's process-wide state in shared data;
+//! - `counters.rs`: stats, counters accumulated per VM and flushed on tick;
+//! - `host.rs`: the bulk header read and the clock.
+//!
+//! This file holds the contexts and their callbacks, each a short list of
+//! steps. A tick (1 s, per VM) flushes the counters, runs the breakers'
+//! time-driven transitions and merges their windows, and keeps the
+//! effective-percent gauges current when no requests come.
+
+mod breaker;
+mod counters;
+mod host;
+mod request;
+mod response;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::config::{Config, Target};
+use crate::stats::{self, BreakerStats, Kind, LocalCounters, RouteStats};
+use counters::Metric;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { shared: None, plugin: String::new(), generation: 0 })
+    });
+}}
+
+/// How often each VM flushes its counters and runs the breakers' and
+/// ramps' time-driven work. Counters reach Envoy's stats at most this late.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Everything one configuration needs, shared by its HTTP contexts.
+pub(crate) struct Shared {
+    config: Config,
+    /// Index = route index.
+    stats: Vec<RouteStats<Metric>>,
+    /// Index = route index; `None` for routes without `outlier`.
+    breakers: Vec<Option<breaker::Slot>>,
+    unmatched: Metric,
+    counters: LocalCounters,
+}
+
+impl Drop for Shared {
+    /// Counts of requests that finished after the last tick.
+    fn drop(&mut self) {
+        counters::flush(&self.counters);
+    }
+}
+
+/// The gauges a configuration set, by route name, so that the next
+/// configuration of the same plugin can zero those it no longer sets.
+#[derive(Default)]
+struct Gauges {
+    generation: u64,
+    /// (route, effective percent gauge, breaker state gauge)
+    routes: Vec<(String, Metric, Option<Metric>)>,
+}
+
+thread_local! {
+    /// Per plugin name: the gauges of the configuration in force in this VM.
+    static IN_FORCE: RefCell<HashMap<String, Gauges>> = RefCell::new(HashMap::new());
+}
+
+impl Shared {
+    fn new(config: Config) -> Shared {
+        let mut c = LocalCounters::default();
+        let stats: Vec<RouteStats<Metric>> = config
+            .routes
+            .iter()
+            .map(|r| RouteStats::define(&r.name, &mut |k, n: &str| counters::define(&mut c, k, n)))
+            .collect();
+        let mut keys = None;
+        let breakers = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.outlier.as_ref()?;
+                let bs = BreakerStats::define(&r.name, &mut |k, n: &str| {
+                    counters::define(&mut c, k, n)
+                });
+                let (slot, n) = breaker::Slot::new(r, bs)?;
+                keys = n.or(keys);
+                Some(slot)
+            })
+            .collect();
+        if let Some(n) = keys {
+            let gauge = counters::define(&mut c, Kind::Gauge, &stats::breaker_keys_name());
+            counters::record(gauge, n as u64);
+        }
+        Shared {
+            unmatched: counters::define(&mut c, Kind::Counter, &stats::unmatched_name()),
+            config,
+            stats,
+            breakers,
+            counters: c,
+        }
+    }
+
+    /// The gauges this configuration sets.
+    fn gauges(&self) -> Vec<(String, Metric, Option<Metric>)> {
+        self.config
+            .routes
+            .iter()
+            .zip(&self.stats)
+            .zip(&self.breakers)
+            .map(|((r, s), b)| (r.name.clone(), s.effective_bp, b.as_ref().map(|b| b.stats.state)))
+            .collect()
+    }
+}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+    /// This plugin's name (the configurations of one filter share it).
+    plugin: String,
+    /// Which configuration of the plugin this root holds, in this VM.
+    generation: u64,
+}
+
+impl Root {
+    /// Zeroes the gauges the previous configuration of this plugin set and
+    /// this one does not (a removed or renamed route, a removed breaker),
+    /// so that no dashboard or alert reads a stale value. Returns this
+    /// configuration's generation.
+    fn take_over_gauges(&self, shared: &Shared) -> u64 {
+        let now = shared.gauges();
+        IN_FORCE.with(|m| {
+            let mut m = m.borrow_mut();
+            let entry = m.entry(self.plugin.clone()).or_default();
+            for (name, bp, state) in &entry.routes {
+                let kept = now.iter().find(|(n, _, _)| n == name);
+                if kept.is_none() {
+                    counters::record(*bp, 0);
+                }
+                if let (Some(state), None) = (state, kept.and_then(|k| k.2)) {
+                    counters::record(*state, 0);
+                }
+            }
+            entry.generation += 1;
+            entry.routes = now;
+            entry.generation
+        })
+    }
+
+    /// Whether this root's configuration is still the plugin's latest in
+    /// this VM (an old root may tick until Envoy deletes it).
+    fn in_force(&self) -> bool {
+        IN_FORCE.with(|m| {
+            m.borrow()
+                .get(&self.plugin)
+                .is_some_and(|g| g.generation == self.generation)
+        })
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::from_json(&bytes) {
+            Ok(config) => config,
+            Err(errors) => {
+                for e in &errors.0 {
+                    log::error!("invalid configuration: {e}");
+                }
+                return false;
+            }
+        };
+        self.plugin = self
+            .get_property(vec!["plugin_name"])
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        log::info!(
+            "configured: {} route(s), monolith cluster \"{}\", target header \"{}\"",
+            config.routes.len(),
+            config.monolith,
+            config.target_header
+        );
+        let shared = Shared::new(config);
+        self.generation = self.take_over_gauges(&shared);
+        let now = host::now_ms();
+        for (route, s) in shared.config.routes.iter().zip(&shared.stats) {
+            counters::record(s.effective_bp, u64::from(route.basis_points_at(now)));
+        }
+        self.shared = Some(Rc::new(shared));
+        let _ = hostcalls::set_tick_period(TICK);
+        self.on_tick();
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        counters::flush(&shared.counters);
+        if !self.in_force() {
+            return;
+        }
+        let now = host::now_ms();
+        for (route, s) in shared.config.routes.iter().zip(&shared.stats) {
+            if !route.ramp.is_empty() {
+                counters::record(s.effective_bp, u64::from(route.basis_points_at(now)));
+            }
+        }
+        for i in 0..shared.breakers.len() {
+            if let Some((route, settings, slot)) = breaker::of(shared, i) {
+                slot.tick(route, settings, &shared.counters, now);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Shift {
+            shared: self.shared.clone(),
+            pending: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A decided request waiting for its response.
+struct Pending {
+    route: usize,
+    target: Target,
+    start_ms: u64,
+    /// Sent to the service under a breaker: how it was admitted.
+    admitted: Option<breaker::Admitted>,
+}
+
+struct Shift {
+    /// `None` only if Envoy ever ran a filter whose configuration was
+    /// refused; then the filter does nothing (every request takes the
+    /// catch-all route to the monolith).
+    shared: Option<Rc<Shared>>,
+    pending: Option<Pending>,
+}
+
+impl Context for Shift {}
+
+impl HttpContext for Shift {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-trap")]
+        #[allow(clippy::panic)]
+        if self.get_http_request_header_bytes("x-test-trap").is_some() {
+            panic!("x-test-trap: deliberate trap (test-trap build)");
+        }
+        self.on_request()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.on_response()
+    }
+}

@@ -1,0 +1,145 @@
+//! The request path: read the headers once, decide, write the target.
+//!
+//! 1. One host call copies every request header into the VM
+//!    ([`host::request_headers`]); `:method`, `:path`, the key, the override
+//!    headers and a client-sent target header are picked from it in place.
+//! 2. Override headers are removed (when present) and a valid one forces
+//!    the side.
+//! 3. Unmatched: count it, remove a client-sent target header if any, done.
+//! 4. Matched: decide at the percent in force, ask the breaker when the
+//!    service is chosen, write the target header (Envoy, ABI 0.2.1, then
+//!    re-evaluates the route, whose header match sends the request there),
+//!    count, remember what the response path needs.
+
+use proxy_wasm::traits::HttpContext;
+use proxy_wasm::types::Action;
+
+use super::counters::count;
+use super::{breaker, host, Pending, Shift};
+use crate::breaker::{Admission, OnOpen};
+use crate::config::{forced_target, HashKey, Target, DEFAULT_TARGET_HEADER};
+use crate::cookie;
+use crate::headers::HeaderMap;
+
+impl Shift {
+    pub(super) fn on_request(&mut self) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            self.set_http_request_header(DEFAULT_TARGET_HEADER, None);
+            return Action::Continue;
+        };
+        let config = &shared.config;
+        let bytes = host::request_headers();
+        let headers = HeaderMap::new(&bytes);
+        let (o_header, o_secret): (&[u8], &[u8]) = match &config.override_header {
+            Some(o) => (
+                o.header.as_bytes(),
+                if o.secret.is_some() {
+                    o.secret_header.as_bytes()
+                } else {
+                    b""
+                },
+            ),
+            None => (b"", b""),
+        };
+        let [method, path, target, force, secret] = headers.pick([
+            b":method",
+            b":path",
+            config.target_header.as_bytes(),
+            o_header,
+            o_secret,
+        ]);
+
+        let mut forced = None;
+        if let Some(o) = &config.override_header {
+            if force.is_some() {
+                self.set_http_request_header(&o.header, None);
+            }
+            if secret.is_some() {
+                self.set_http_request_header(&o.secret_header, None);
+            }
+            forced = force.and_then(|f| forced_target(o, f, secret));
+        }
+
+        let route = match (method, path) {
+            (Some(m), Some(p)) => config.route(m, p),
+            _ => None,
+        };
+        let Some((index, route)) = route else {
+            count(&shared.counters, shared.unmatched);
+            // Clients must never pick a backend: drop their copy. Only when
+            // present, since a header change makes Envoy re-run routing.
+            if target.is_some() {
+                self.set_http_request_header(&config.target_header, None);
+            }
+            return Action::Continue;
+        };
+
+        let key = match &route.hash_key {
+            HashKey::Header(name) => headers.get(name.as_bytes()),
+            HashKey::Cookie(name) => headers
+                .get(b"cookie")
+                .and_then(|h| cookie::find(h, name.as_bytes())),
+        };
+        let now = host::now_ms();
+        let stats = shared.stats.get(index);
+        if let Some(s) = stats {
+            if key.is_none_or(<[u8]>::is_empty) {
+                count(&shared.counters, s.key_missing);
+            }
+        }
+        let mut target = match forced {
+            Some(t) => {
+                if let Some(s) = stats {
+                    count(&shared.counters, s.target(t).overrides);
+                }
+                t
+            }
+            None => route.decide_at(key, route.basis_points_at(now)),
+        };
+
+        let mut admitted = None;
+        if let (Target::Service, Some((route, settings, slot))) =
+            (target, breaker::of(&shared, index))
+        {
+            // A forced request is not the breaker's to stop, but its
+            // outcome is the service's.
+            let (admission, healthy) = if forced.is_some() {
+                (Admission::Pass, false)
+            } else {
+                slot.admit(route, settings, &shared.counters, now)
+            };
+            match admission.ticket() {
+                Some(ticket) => admitted = Some(breaker::Admitted { ticket, healthy }),
+                None if settings.on_open == OnOpen::Fallback => {
+                    count(&shared.counters, slot.stats.fallback);
+                    target = Target::Monolith;
+                }
+                None => {
+                    count(&shared.counters, slot.stats.fast_fail);
+                    let retry_after_ms = match admission {
+                        Admission::Blocked { retry_after_ms } => retry_after_ms,
+                        _ => 0,
+                    };
+                    let seconds = retry_after_ms.div_ceil(1000).max(1).to_string();
+                    self.send_http_response(
+                        503,
+                        vec![("retry-after", &seconds), ("x-shift-breaker", "open")],
+                        Some(b"service unavailable: circuit breaker open\n"),
+                    );
+                    return Action::Pause;
+                }
+            }
+        }
+        self.set_http_request_header(&config.target_header, Some(config.cluster(route, target)));
+        if let Some(s) = stats {
+            count(&shared.counters, s.target(target).rq_total);
+        }
+        self.pending = Some(Pending {
+            route: index,
+            target,
+            start_ms: now,
+            admitted,
+        });
+        Action::Continue
+    }
+}
