@@ -29,6 +29,12 @@ pub fn basis_points_at(initial: u16, steps: &[Step], now_ms: u64) -> u16 {
 /// Parses an RFC 3339 UTC timestamp, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`
 /// (also `+00:00`), into milliseconds since the Unix epoch. Other offsets
 /// are refused: schedules are written in UTC.
+///
+/// A leap second, `23:59:60` (RFC 3339 seconds go to 60; accepted at the
+/// end of any day, since future leap seconds are not known in advance), is
+/// read as POSIX time reads it: the same instant as the next day's
+/// `00:00:00` (`23:59:60.5` is `00:00:00.5`). Unix time, and so the host's
+/// clock, has no second of its own for it.
 pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     let num = |from: usize, len: usize| -> Option<u64> {
@@ -68,7 +74,14 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<u64> {
         2 => 28,
         _ => return None,
     };
-    if year < 1970 || day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+    let leap_second = hour == 23 && minute == 59 && second == 60;
+    if year < 1970
+        || day == 0
+        || day > days_in_month
+        || hour > 23
+        || minute > 59
+        || (second > 59 && !leap_second)
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -156,12 +169,39 @@ mod tests {
             "2026-12-01T24:00:00Z",
             "2026-12-01T09:60:00Z",
             "2026-12-01T09:00:60Z",
+            "2026-12-01T23:58:60Z",
+            "2026-12-01T22:59:60Z",
+            "2026-12-01T23:59:61Z",
             "2026-12-01T09:00:00.Z",
             "1969-12-31T23:59:59Z",
             "２０２６-12-01T09:00:00Z",
         ] {
             assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_leap_second_is_the_next_day_s_midnight() {
+        let midnight = parse_rfc3339_utc("2017-01-01T00:00:00Z");
+        assert_eq!(midnight, Some(1_483_228_800_000));
+        assert_eq!(parse_rfc3339_utc("2016-12-31T23:59:60Z"), midnight);
+        assert_eq!(
+            parse_rfc3339_utc("2016-12-31T23:59:60.500Z"),
+            Some(1_483_228_800_500)
+        );
+        // End of a month and of a year, and any other day.
+        assert_eq!(
+            parse_rfc3339_utc("2015-06-30T23:59:60Z"),
+            parse_rfc3339_utc("2015-07-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339_utc("2026-12-01T23:59:60+00:00"),
+            parse_rfc3339_utc("2026-12-02T00:00:00Z")
+        );
+        assert_eq!(
+            format_rfc3339_utc(1_483_228_800_000),
+            "2017-01-01T00:00:00Z"
+        );
     }
 
     #[test]
