@@ -9,12 +9,14 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde_json::{Map, Value};
-
 use crate::breaker::{self, OnOpen};
 use crate::hash;
 use crate::ramp::{self, Step};
 use crate::routes::{Matcher, PathMatch, RouteTable};
+
+mod json;
+
+use json::{Json, ReadError};
 
 /// Default request header carrying the chosen cluster.
 pub const DEFAULT_TARGET_HEADER: &str = "x-shift-target";
@@ -149,10 +151,18 @@ impl Config {
     /// Parses and validates the plugin configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
         let mut errs = Errors::default();
-        let value: Value = match serde_json::from_slice(bytes) {
+        let value = match json::read(bytes) {
             Ok(v) => v,
-            Err(e) => {
+            Err(ReadError::Syntax(e)) => {
                 errs.push("configuration", format!("invalid JSON: {e}"));
+                return Err(ConfigErrors(errs.0));
+            }
+            // Which of two values was meant is anyone's guess: refuse before
+            // reading either.
+            Err(ReadError::DuplicateKeys(paths)) => {
+                for path in paths {
+                    errs.push(path, "duplicate key");
+                }
                 return Err(ConfigErrors(errs.0));
             }
         };
@@ -248,37 +258,26 @@ fn field_path(parent: &str, key: &str) -> String {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 /// A JSON object being read field by field, with its path for errors.
 struct Obj<'a> {
     path: String,
-    map: &'a Map<String, Value>,
+    members: &'a [(String, Json)],
 }
 
 impl<'a> Obj<'a> {
     /// `v` as an object whose keys are all in `allowed`; reports the type
     /// error or each unknown key.
-    fn new(v: &'a Value, path: &str, allowed: &[&str], errs: &mut Errors) -> Option<Obj<'a>> {
-        let Value::Object(map) = v else {
+    fn new(v: &'a Json, path: &str, allowed: &[&str], errs: &mut Errors) -> Option<Obj<'a>> {
+        let Json::Object(members) = v else {
             let at = if path.is_empty() {
                 "configuration"
             } else {
                 path
             };
-            errs.push(at, format!("must be an object, got {}", kind(v)));
+            errs.push(at, format!("must be an object, got {}", v.kind()));
             return None;
         };
-        for key in map.keys() {
+        for (key, _) in members {
             if !allowed.contains(&key.as_str()) {
                 errs.push(
                     field_path(path, key),
@@ -288,7 +287,7 @@ impl<'a> Obj<'a> {
         }
         Some(Obj {
             path: path.to_string(),
-            map,
+            members,
         })
     }
 
@@ -296,17 +295,17 @@ impl<'a> Obj<'a> {
         field_path(&self.path, key)
     }
 
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key)
+    fn get(&self, key: &str) -> Option<&'a Json> {
+        self.members.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     fn string(&self, key: &str, errs: &mut Errors) -> Option<&'a str> {
-        match self.map.get(key)? {
-            Value::String(s) => Some(s),
+        match self.get(key)? {
+            Json::String(s) => Some(s),
             other => {
                 errs.push(
                     self.path(key),
-                    format!("must be a string, got {}", kind(other)),
+                    format!("must be a string, got {}", other.kind()),
                 );
                 None
             }
@@ -314,7 +313,7 @@ impl<'a> Obj<'a> {
     }
 
     fn required_string(&self, key: &str, errs: &mut Errors) -> Option<&'a str> {
-        if !self.map.contains_key(key) {
+        if self.get(key).is_none() {
             errs.push(self.path(key), "is required");
             return None;
         }
@@ -322,7 +321,7 @@ impl<'a> Obj<'a> {
     }
 }
 
-fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
+fn parse_config(v: &Json, errs: &mut Errors) -> Option<Config> {
     let obj = Obj::new(
         v,
         "",
@@ -340,26 +339,29 @@ fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
         .required_string("monolith", errs)
         .and_then(|s| cluster_name(s, &obj.path("monolith"), errs));
     let target_header = match obj.string("target_header", errs) {
-        Some(h) => header_name(h, &obj.path("target_header"), false, errs),
+        Some(h) => owned_header_name(h, &obj.path("target_header"), errs),
         None if obj.get("target_header").is_none() => Some(DEFAULT_TARGET_HEADER.to_string()),
         None => None,
     };
+    // Every hash_key.header set, with its field path.
+    let mut key_headers: Vec<(String, String)> = Vec::new();
     let default_key = match obj.get("hash_key") {
-        Some(k) => parse_hash_key(k, &obj.path("hash_key"), errs),
+        Some(k) => parse_hash_key(k, &obj.path("hash_key"), &mut key_headers, errs),
         None => Some(HashKey::Header(DEFAULT_KEY_HEADER.to_string())),
     };
 
     let mut routes = Vec::new();
     match obj.get("routes") {
         None => {}
-        Some(Value::Array(items)) => {
+        Some(Json::Array(items)) => {
             let mut seen: HashMap<&str, usize> = HashMap::new();
             for (i, item) in items.iter().enumerate() {
                 let path = format!("{}[{i}]", obj.path("routes"));
-                if let Some(route) = parse_route(item, &path, default_key.as_ref(), errs) {
+                let route = parse_route(item, &path, default_key.as_ref(), &mut key_headers, errs);
+                if let Some(route) = route {
                     routes.push(route);
                 }
-                if let Some(Value::String(name)) = item.get("name") {
+                if let Some(Json::String(name)) = item.get("name") {
                     if let Some(first) = seen.get(name.as_str()) {
                         errs.push(
                             format!("{path}.name"),
@@ -375,16 +377,20 @@ fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
         }
         Some(other) => errs.push(
             obj.path("routes"),
-            format!("must be an array, got {}", kind(other)),
+            format!("must be an array, got {}", other.kind()),
         ),
     }
 
     let override_header = match obj.get("override") {
         None => Some(None),
-        Some(o) => {
-            parse_override(o, &obj.path("override"), target_header.as_deref(), errs).map(Some)
-        }
+        Some(o) => parse_override(o, &obj.path("override"), errs).map(Some),
     };
+    header_collisions(
+        target_header.as_deref(),
+        &key_headers,
+        override_header.as_ref().and_then(Option::as_ref),
+        errs,
+    );
 
     let table = RouteTable::new(routes.iter().map(|r| r.matcher.clone()).collect());
     Some(Config {
@@ -396,26 +402,11 @@ fn parse_config(v: &Value, errs: &mut Errors) -> Option<Config> {
     })
 }
 
-fn parse_override(
-    v: &Value,
-    path: &str,
-    target_header: Option<&str>,
-    errs: &mut Errors,
-) -> Option<Override> {
+fn parse_override(v: &Json, path: &str, errs: &mut Errors) -> Option<Override> {
     let obj = Obj::new(v, path, &["header", "secret"], errs)?;
     let header = obj
         .required_string("header", errs)
-        .and_then(|h| header_name(h, &obj.path("header"), false, errs));
-    let header = match header {
-        Some(h) if Some(h.as_str()) == target_header => {
-            errs.push(
-                obj.path("header"),
-                format!("must differ from target_header (\"{h}\")"),
-            );
-            None
-        }
-        other => other,
-    };
+        .and_then(|h| owned_header_name(h, &obj.path("header"), errs));
     let secret = match obj.string("secret", errs) {
         Some("") => {
             errs.push(
@@ -436,7 +427,14 @@ fn parse_override(
     })
 }
 
-fn parse_hash_key(v: &Value, path: &str, errs: &mut Errors) -> Option<HashKey> {
+/// `key_headers` collects a header key with its field path (for
+/// [`header_collisions`]).
+fn parse_hash_key(
+    v: &Json,
+    path: &str,
+    key_headers: &mut Vec<(String, String)>,
+    errs: &mut Errors,
+) -> Option<HashKey> {
     let obj = Obj::new(v, path, &["header", "cookie"], errs)?;
     let header = obj.string("header", errs);
     let cookie = obj.string("cookie", errs);
@@ -456,7 +454,21 @@ fn parse_hash_key(v: &Value, path: &str, errs: &mut Errors) -> Option<HashKey> {
             None
         }
         (Some(_), None) => {
-            header_name(header?, &obj.path("header"), true, errs).map(HashKey::Header)
+            let at = obj.path("header");
+            let name = header_name(header?, &at, errs)?;
+            // A header key is the whole header's value: all the cookies.
+            if name == "cookie" {
+                errs.push(
+                    at,
+                    format!(
+                        "must not be \"cookie\" (to hash on a cookie, set {} to its name)",
+                        obj.path("cookie")
+                    ),
+                );
+                return None;
+            }
+            key_headers.push((at, name.clone()));
+            Some(HashKey::Header(name))
         }
         (None, Some(_)) => {
             let name = cookie?;
@@ -473,9 +485,10 @@ fn parse_hash_key(v: &Value, path: &str, errs: &mut Errors) -> Option<HashKey> {
 }
 
 fn parse_route(
-    v: &Value,
+    v: &Json,
     path: &str,
     default_key: Option<&HashKey>,
+    key_headers: &mut Vec<(String, String)>,
     errs: &mut Errors,
 ) -> Option<Route> {
     let obj = Obj::new(
@@ -548,7 +561,7 @@ fn parse_route(
     };
 
     let hash_key = match obj.get("hash_key") {
-        Some(k) => parse_hash_key(k, &obj.path("hash_key"), errs),
+        Some(k) => parse_hash_key(k, &obj.path("hash_key"), key_headers, errs),
         None => default_key.cloned(),
     };
 
@@ -579,25 +592,25 @@ fn parse_route(
 
 /// `v` as a non-empty array; `when_empty` completes "must not be empty".
 fn non_empty_array<'a>(
-    v: &'a Value,
+    v: &'a Json,
     path: &str,
     when_empty: &str,
     errs: &mut Errors,
-) -> Option<&'a Vec<Value>> {
+) -> Option<&'a Vec<Json>> {
     match v {
-        Value::Array(items) if items.is_empty() => {
+        Json::Array(items) if items.is_empty() => {
             errs.push(path, format!("must not be empty ({when_empty})"));
             None
         }
-        Value::Array(items) => Some(items),
+        Json::Array(items) => Some(items),
         other => {
-            errs.push(path, format!("must be an array, got {}", kind(other)));
+            errs.push(path, format!("must be an array, got {}", other.kind()));
             None
         }
     }
 }
 
-fn parse_ramp(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<Step>> {
+fn parse_ramp(v: &Json, path: &str, errs: &mut Errors) -> Option<Vec<Step>> {
     let items = non_empty_array(v, path, "leave it out for a fixed percent", errs)?;
     let mut steps: Vec<Step> = Vec::new();
     let mut ok = true;
@@ -661,20 +674,16 @@ fn uint(obj: &Obj<'_>, key: &str, min: u64, max: u64, errs: &mut Errors) -> Opti
     match v.as_u64().filter(|n| (min..=max).contains(n)) {
         Some(n) => Some(Some(n)),
         None => {
-            let got = match v {
-                Value::Number(n) => n.to_string(),
-                other => other.to_string(),
-            };
             errs.push(
                 obj.path(key),
-                format!("must be an integer between {min} and {max}, got {got}"),
+                format!("must be an integer between {min} and {max}, got {v}"),
             );
             None
         }
     }
 }
 
-fn parse_outlier(v: &Value, path: &str, errs: &mut Errors) -> Option<breaker::Settings> {
+fn parse_outlier(v: &Json, path: &str, errs: &mut Errors) -> Option<breaker::Settings> {
     let obj = Obj::new(
         v,
         path,
@@ -720,14 +729,14 @@ fn parse_outlier(v: &Value, path: &str, errs: &mut Errors) -> Option<breaker::Se
 
     let statuses = match obj.get("failure_statuses") {
         None => Some(d.failure_statuses.clone()),
-        Some(Value::Array(items)) if items.is_empty() => {
+        Some(Json::Array(items)) if items.is_empty() => {
             errs.push(
                 obj.path("failure_statuses"),
                 "must not be empty (set consecutive_failures to 0 and leave out failure_rate to count only proxy failures)",
             );
             None
         }
-        Some(Value::Array(items)) => {
+        Some(Json::Array(items)) => {
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 match item.as_u64().filter(|n| (500..=599).contains(n)) {
@@ -743,7 +752,7 @@ fn parse_outlier(v: &Value, path: &str, errs: &mut Errors) -> Option<breaker::Se
         Some(other) => {
             errs.push(
                 obj.path("failure_statuses"),
-                format!("must be an array, got {}", kind(other)),
+                format!("must be an array, got {}", other.kind()),
             );
             None
         }
@@ -784,38 +793,104 @@ fn parse_outlier(v: &Value, path: &str, errs: &mut Errors) -> Option<breaker::Se
 }
 
 /// Percent (0..=100, at most two decimals) -> basis points.
-fn parse_percent(v: &Value, path: &str, errs: &mut Errors) -> Option<u16> {
-    let Value::Number(n) = v else {
-        errs.push(path, format!("must be a number, got {}", kind(v)));
+fn parse_percent(v: &Json, path: &str, errs: &mut Errors) -> Option<u16> {
+    let Json::Number(text) = v else {
+        errs.push(path, format!("must be a number, got {}", v.kind()));
         return None;
     };
-    let p = n.as_f64()?;
-    if !(0.0..=100.0).contains(&p) {
-        errs.push(path, format!("must be between 0 and 100, got {n}"));
-        return None;
+    match basis_points(text) {
+        Ok(bp) => Some(bp),
+        Err(TooMuch::Range) => {
+            errs.push(path, format!("must be between 0 and 100, got {text}"));
+            None
+        }
+        Err(TooMuch::Precision) => {
+            errs.push(path, format!("must have at most two decimals, got {text}"));
+            None
+        }
     }
-    let scaled = p * 100.0;
-    let bp = scaled.round();
-    // 1e-6 absorbs binary floating point (33.33 * 100 = 3332.9999999999995)
-    // while any third decimal (>= 0.001 % = 0.1 bp) is far above it.
-    if (scaled - bp).abs() > 1e-6 {
-        errs.push(path, format!("must have at most two decimals, got {n}"));
-        return None;
-    }
-    Some(bp as u16)
 }
 
-fn parse_methods(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<String>> {
+/// Why a percent's text is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum TooMuch {
+    /// Below 0 or above 100.
+    Range,
+    /// A fraction of a basis point: more than two decimals.
+    Precision,
+}
+
+/// A JSON number's text (`10`, `33.33`, `1.5e1`, `-0`) as basis points
+/// (percent × 100), computed exactly on the decimal digits: `f64` would
+/// take `10.000000001` for `10`. Trailing zeros are not precision
+/// (`10.500` is 1050 bp).
+fn basis_points(text: &str) -> Result<u16, TooMuch> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        // The JSON grammar leaves only overflow as a parse error: a huge
+        // exponent, saturated.
+        Some((m, e)) => (
+            m,
+            e.parse::<i64>().unwrap_or(if e.starts_with('-') {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+        ),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // value × 100 = digits × 10^scale
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let significant = digits.trim_end_matches('0');
+    let scale = exponent
+        .saturating_add(2)
+        .saturating_sub(frac.len() as i64)
+        .saturating_add((digits.len() - significant.len()) as i64);
+    if significant.is_empty() {
+        return Ok(0); // zero, whatever its sign or exponent
+    }
+    if negative {
+        return Err(TooMuch::Range);
+    }
+    // Digits of the integer part of value × 100; more than 5 is >= 100000.
+    let int_len = (significant.len() as i64).saturating_add(scale);
+    if int_len > 5 {
+        return Err(TooMuch::Range);
+    }
+    let int_part: u64 = if scale >= 0 {
+        format!("{significant}{}", "0".repeat(scale as usize))
+            .parse()
+            .map_err(|_| TooMuch::Range)?
+    } else {
+        let keep = usize::try_from(int_len).unwrap_or(0);
+        significant.get(..keep).unwrap_or("").parse().unwrap_or(0)
+    };
+    // With a fraction left (scale < 0), 10000 and up is above 100 %.
+    if int_part > 10_000 || (scale < 0 && int_part >= 10_000) {
+        return Err(TooMuch::Range);
+    }
+    if scale < 0 {
+        return Err(TooMuch::Precision);
+    }
+    u16::try_from(int_part).map_err(|_| TooMuch::Range)
+}
+
+fn parse_methods(v: &Json, path: &str, errs: &mut Errors) -> Option<Vec<String>> {
     let items = non_empty_array(v, path, "leave it out to match any method", errs)?;
     let mut out = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let at = format!("{path}[{i}]");
         match item {
-            Value::String(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            Json::String(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
                 out.push(m.clone())
             }
-            Value::String(m) => {
+            Json::String(m) => {
                 errs.push(
                     at,
                     format!("must be an HTTP method in upper case, such as GET, got \"{m}\""),
@@ -823,7 +898,7 @@ fn parse_methods(v: &Value, path: &str, errs: &mut Errors) -> Option<Vec<String>
                 ok = false;
             }
             other => {
-                errs.push(at, format!("must be a string, got {}", kind(other)));
+                errs.push(at, format!("must be a string, got {}", other.kind()));
                 ok = false;
             }
         }
@@ -868,18 +943,92 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// A header name, lowercased. Pseudo-headers (`:authority`) only where
-/// `allow_pseudo`.
-fn header_name(s: &str, path: &str, allow_pseudo: bool, errs: &mut Errors) -> Option<String> {
-    let body = match s.strip_prefix(':') {
-        Some(rest) if allow_pseudo => rest,
-        _ => s,
-    };
+/// A header name, lowercased; a pseudo-header (`:authority`) is one too.
+fn header_name(s: &str, path: &str, errs: &mut Errors) -> Option<String> {
+    let body = s.strip_prefix(':').unwrap_or(s);
     if body.is_empty() || !body.bytes().all(is_tchar) {
         errs.push(path, format!("must be an HTTP header name, got \"{s}\""));
         return None;
     }
     Some(s.to_ascii_lowercase())
+}
+
+/// Headers the filter must never write or remove, with why. The target and
+/// override headers are removed from client requests (and the target one
+/// overwritten with a cluster name): either would destroy what these carry.
+const NOT_OWNED: [(&str, &str); 10] = [
+    ("authorization", "it carries the client's credentials"),
+    ("proxy-authorization", "it carries the client's credentials"),
+    ("cookie", "it carries the client's cookies"),
+    ("host", "it is the request's authority"),
+    (
+        "x-request-id",
+        "it is Envoy's request id, the default hash key",
+    ),
+    ("content-length", "it frames the request body"),
+    ("transfer-encoding", "it frames the request body"),
+    ("connection", "it is a hop-by-hop header"),
+    ("te", "it is a hop-by-hop header"),
+    ("upgrade", "it is a hop-by-hop header"),
+];
+
+/// A header the filter owns (`target_header`, `override.header`): a header
+/// name, not a pseudo-header and not in [`NOT_OWNED`].
+fn owned_header_name(s: &str, path: &str, errs: &mut Errors) -> Option<String> {
+    let name = header_name(s, path, errs)?;
+    if name.starts_with(':') {
+        errs.push(path, format!("must not be a pseudo-header, got \"{s}\""));
+        return None;
+    }
+    if let Some((_, why)) = NOT_OWNED.iter().find(|(n, _)| *n == name) {
+        errs.push(path, format!("must not be \"{name}\" ({why})"));
+        return None;
+    }
+    Some(name)
+}
+
+/// The headers of one configuration must be distinct, each with one job:
+/// the target header (written by the filter), the override header and its
+/// secret header `<override.header>-secret` (read, then removed) and every
+/// hash key header (read, left alone). Equal key headers on several routes
+/// are fine. Each collision is reported at the later field of the
+/// configuration's order (target_header, hash keys, override), naming the
+/// earlier one.
+fn header_collisions(
+    target: Option<&str>,
+    key_headers: &[(String, String)],
+    over: Option<&Override>,
+    errs: &mut Errors,
+) {
+    for (path, key) in key_headers {
+        if Some(key.as_str()) == target {
+            errs.push(
+                path.as_str(),
+                format!("must differ from target_header (\"{key}\")"),
+            );
+        }
+    }
+    let Some(o) = over else {
+        return;
+    };
+    let others = target
+        .map(|t| ("target_header", t))
+        .into_iter()
+        .chain(key_headers.iter().map(|(p, k)| (p.as_str(), k.as_str())));
+    for (field, name) in others {
+        if o.header == name {
+            errs.push(
+                "override.header",
+                format!("must differ from {field} (\"{name}\")"),
+            );
+        }
+        if o.secret_header == name {
+            errs.push(
+                "override.header",
+                format!("its secret header must differ from {field} (\"{name}\")"),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -889,13 +1038,50 @@ mod tests {
     #[test]
     fn percent_to_basis_points() {
         let mut errs = Errors::default();
-        let bp = |v: Value, errs: &mut Errors| parse_percent(&v, "p", errs);
-        assert_eq!(bp(serde_json::json!(0), &mut errs), Some(0));
-        assert_eq!(bp(serde_json::json!(10), &mut errs), Some(1000));
-        assert_eq!(bp(serde_json::json!(33.33), &mut errs), Some(3333));
-        assert_eq!(bp(serde_json::json!(0.07), &mut errs), Some(7));
-        assert_eq!(bp(serde_json::json!(99.99), &mut errs), Some(9999));
-        assert_eq!(bp(serde_json::json!(100), &mut errs), Some(10000));
+        let mut bp = |text: &str| {
+            let v = json::read(text.as_bytes()).unwrap();
+            parse_percent(&v, "p", &mut errs)
+        };
+        for (text, want) in [
+            ("0", 0),
+            ("-0", 0),
+            ("0.0e5", 0),
+            ("10", 1000),
+            ("33.33", 3333),
+            ("0.07", 7),
+            ("99.99", 9999),
+            ("100", 10000),
+            ("100.000", 10000),
+            ("10.500", 1050),
+            ("1e1", 1000),
+            ("1.5E+1", 1500),
+            ("1e-2", 1),
+            ("0.1e2", 1000),
+        ] {
+            assert_eq!(bp(text), Some(want), "{text}");
+        }
         assert!(errs.0.is_empty());
+    }
+
+    #[test]
+    fn percent_precision_and_range_are_exact() {
+        for (text, want) in [
+            ("10.000000001", TooMuch::Precision),
+            ("10.0000000000000000000001", TooMuch::Precision),
+            ("33.333", TooMuch::Precision),
+            ("1e-3", TooMuch::Precision),
+            ("1e-999999999999999999999", TooMuch::Precision),
+            ("99.999", TooMuch::Precision),
+            ("100.000000001", TooMuch::Range),
+            ("100.01", TooMuch::Range),
+            ("101", TooMuch::Range),
+            ("1e3", TooMuch::Range),
+            ("1e999999999999999999999", TooMuch::Range),
+            ("12345678901234567890", TooMuch::Range),
+            ("-1", TooMuch::Range),
+            ("-0.001", TooMuch::Range),
+        ] {
+            assert_eq!(basis_points(text), Err(want), "{text}");
+        }
     }
 }

@@ -11,8 +11,10 @@ fn errors(json: &str) -> Vec<String> {
     }
 }
 
-/// A valid route with one field replaced or added (`extra` is raw JSON
-/// members appended after the defaults; later duplicates are not used).
+/// A configuration with one route whose members are `fields` (raw JSON).
+/// To add a field to a valid route, append it: `{OK_ROUTE}, "salt": "x"`.
+/// Never repeat one of `OK_ROUTE`'s keys to replace it: a duplicate key
+/// refuses the whole configuration (`duplicate_keys_are_refused_at_any_depth`).
 fn route(fields: &str) -> String {
     format!(r#"{{"monolith": "monolith", "routes": [{{{fields}}}]}}"#)
 }
@@ -203,7 +205,7 @@ fn more_field_errors_exact_messages() {
         ),
         (
             r#"{"monolith": "m", "target_header": ":path"}"#.into(),
-            vec![r#"target_header: must be an HTTP header name, got ":path""#],
+            vec![r#"target_header: must not be a pseudo-header, got ":path""#],
         ),
         (
             r#"{"monolith": "m", "target_header": "x shift"}"#.into(),
@@ -480,6 +482,293 @@ fn ramp_and_override_errors_exact_messages() {
     for (json, want) in cases {
         assert_eq!(errors(&json), want, "config: {json}");
     }
+}
+
+#[test]
+fn header_collisions_and_headers_the_filter_must_not_own_exact_messages() {
+    let m = |rest: &str| format!(r#"{{"monolith": "m", {rest}}}"#);
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        // The override header against each hash key header.
+        (
+            m(r#""hash_key": {"header": "x-user-id"}, "override": {"header": "X-User-Id"}"#),
+            vec![r#"override.header: must differ from hash_key.header ("x-user-id")"#],
+        ),
+        (
+            m(
+                r#""routes": [{"name": "a", "prefix": "/a/", "service": "s", "percent": 1},
+                 {"name": "b", "prefix": "/b/", "service": "s", "percent": 1,
+                  "hash_key": {"header": "x-user-id"}}],
+                "override": {"header": "x-user-id"}"#,
+            ),
+            vec![r#"override.header: must differ from routes[1].hash_key.header ("x-user-id")"#],
+        ),
+        // The same key on several fields is fine; each collides.
+        (
+            m(
+                r#""hash_key": {"header": "x-k"}, "routes": [{"name": "a", "prefix": "/a/",
+                 "service": "s", "percent": 1, "hash_key": {"header": "x-k"}}],
+                "override": {"header": "x-k"}"#,
+            ),
+            vec![
+                r#"override.header: must differ from hash_key.header ("x-k")"#,
+                r#"override.header: must differ from routes[0].hash_key.header ("x-k")"#,
+            ],
+        ),
+        // A hash key header against the target header (default or set).
+        (
+            route(&format!(
+                r#"{OK_ROUTE}, "hash_key": {{"header": "x-shift-target"}}"#
+            )),
+            vec![r#"routes[0].hash_key.header: must differ from target_header ("x-shift-target")"#],
+        ),
+        (
+            m(r#""target_header": "x-backend", "hash_key": {"header": "X-Backend"}"#),
+            vec![r#"hash_key.header: must differ from target_header ("x-backend")"#],
+        ),
+        // The override's secret header against the target and key headers.
+        (
+            m(r#""target_header": "x-force-secret", "override": {"header": "x-force"}"#),
+            vec![
+                r#"override.header: its secret header must differ from target_header ("x-force-secret")"#,
+            ],
+        ),
+        (
+            m(
+                r#""hash_key": {"header": "x-force-secret"}, "override": {"header": "x-force", "secret": "s"}"#,
+            ),
+            vec![
+                r#"override.header: its secret header must differ from hash_key.header ("x-force-secret")"#,
+            ],
+        ),
+        (
+            m(
+                r#""routes": [{"name": "a", "prefix": "/a/", "service": "s", "percent": 1,
+                  "hash_key": {"header": "x-force-secret"}}], "override": {"header": "x-force"}"#,
+            ),
+            vec![
+                r#"override.header: its secret header must differ from routes[0].hash_key.header ("x-force-secret")"#,
+            ],
+        ),
+        // Headers the filter must never own, as target or override header.
+        (
+            m(r#""target_header": "Authorization""#),
+            vec![
+                r#"target_header: must not be "authorization" (it carries the client's credentials)"#,
+            ],
+        ),
+        (
+            m(r#""override": {"header": "cookie"}"#),
+            vec![r#"override.header: must not be "cookie" (it carries the client's cookies)"#],
+        ),
+        (
+            m(r#""target_header": "cookie""#),
+            vec![r#"target_header: must not be "cookie" (it carries the client's cookies)"#],
+        ),
+        (
+            m(r#""target_header": "host""#),
+            vec![r#"target_header: must not be "host" (it is the request's authority)"#],
+        ),
+        (
+            m(r#""override": {"header": "x-request-id"}"#),
+            vec![
+                r#"override.header: must not be "x-request-id" (it is Envoy's request id, the default hash key)"#,
+            ],
+        ),
+        (
+            m(r#""target_header": "x-request-id""#),
+            vec![
+                r#"target_header: must not be "x-request-id" (it is Envoy's request id, the default hash key)"#,
+            ],
+        ),
+        (
+            m(r#""target_header": "content-length""#),
+            vec![r#"target_header: must not be "content-length" (it frames the request body)"#],
+        ),
+        (
+            m(r#""override": {"header": ":authority"}"#),
+            vec![r#"override.header: must not be a pseudo-header, got ":authority""#],
+        ),
+        // `cookie` as a key header: all the cookies; hash_key.cookie is one.
+        (
+            m(r#""hash_key": {"header": "Cookie"}"#),
+            vec![
+                r#"hash_key.header: must not be "cookie" (to hash on a cookie, set hash_key.cookie to its name)"#,
+            ],
+        ),
+        (
+            route(&format!(
+                r#"{OK_ROUTE}, "hash_key": {{"header": "cookie"}}"#
+            )),
+            vec![
+                r#"routes[0].hash_key.header: must not be "cookie" (to hash on a cookie, set routes[0].hash_key.cookie to its name)"#,
+            ],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
+    }
+}
+
+#[test]
+fn key_headers_may_be_read_only_headers_and_may_repeat() {
+    // Hashing on a header only reads it: credentials, authority, Envoy's
+    // request id and pseudo-headers are valid keys, and routes may share one.
+    for key in [
+        "authorization",
+        "host",
+        "x-request-id",
+        ":authority",
+        "x-force-secrets",
+    ] {
+        let json = format!(
+            r#"{{"monolith": "m", "hash_key": {{"header": "{key}"}},
+                 "override": {{"header": "x-force", "secret": "s"}},
+                 "routes": [{{"name": "a", "prefix": "/a/", "service": "s", "percent": 1,
+                              "hash_key": {{"header": "{key}"}}}}]}}"#
+        );
+        let c = Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(c.routes[0].hash_key, HashKey::Header(key.into()));
+    }
+}
+
+#[test]
+fn duplicate_keys_are_refused_at_any_depth() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            route(&format!(r#"{OK_ROUTE}, "percent": 100"#)),
+            vec!["routes[0].percent: duplicate key"],
+        ),
+        (
+            r#"{"monolith": "a", "monolith": "b"}"#.into(),
+            vec!["monolith: duplicate key"],
+        ),
+        // Equal after unescaping.
+        (
+            r#"{"monolith": "a", "mon\u006flith": "b"}"#.into(),
+            vec!["monolith: duplicate key"],
+        ),
+        // Each repeated key once, in document order, at any depth; nothing
+        // else is checked (which of the values was meant is unknowable).
+        (
+            route(&format!(
+                r#"{OK_ROUTE}, "ramp": [{{"at": "2026-12-01T09:00:00Z", "percent": 10}},
+                   {{"at": "2026-12-02T09:00:00Z", "at": "2026-12-03T09:00:00Z", "percent": 101}}],
+                   "outlier": {{"failure_rate": {{"window_ms": 10, "window_ms": 20, "window_ms": 30}}}},
+                   "salt": 1, "salt": 2"#
+            )),
+            vec![
+                "routes[0].ramp[1].at: duplicate key",
+                "routes[0].outlier.failure_rate.window_ms: duplicate key",
+                "routes[0].salt: duplicate key",
+            ],
+        ),
+        (
+            r#"{"monolith": "m", "override": {"header": "x-a"}, "override": {"header": "x-b"}}"#
+                .into(),
+            vec!["override: duplicate key"],
+        ),
+        // Inside an unknown field too.
+        (
+            r#"{"monolith": "m", "extra": [{"k": 1, "k": 1}]}"#.into(),
+            vec!["extra[0].k: duplicate key"],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
+    }
+    // Equal names in different objects are not duplicates.
+    let c = Config::from_json(
+        br#"{"monolith": "m", "hash_key": {"header": "x-a"}, "routes": [
+            {"name": "a", "prefix": "/a/", "service": "s", "percent": 1, "hash_key": {"header": "x-a"}},
+            {"name": "b", "prefix": "/b/", "service": "s", "percent": 2}]}"#,
+    )
+    .unwrap();
+    assert_eq!(c.routes.len(), 2);
+}
+
+#[test]
+fn percents_are_checked_on_their_decimal_text_not_a_rounded_f64() {
+    let p = |percent: &str| {
+        route(&format!(
+            r#""name": "a", "prefix": "/a/", "service": "s", "percent": {percent}"#
+        ))
+    };
+    let r = |percent: &str| {
+        route(&format!(
+            r#"{OK_ROUTE}, "ramp": [{{"at": "2026-12-01T09:00:00Z", "percent": {percent}}}]"#
+        ))
+    };
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            p("10.000000001"),
+            vec!["routes[0].percent: must have at most two decimals, got 10.000000001"],
+        ),
+        // Beyond f64's 17 digits: parses to exactly 33.33.
+        (
+            p("33.3300000000000000001"),
+            vec!["routes[0].percent: must have at most two decimals, got 33.3300000000000000001"],
+        ),
+        (
+            p("1e-3"),
+            vec!["routes[0].percent: must have at most two decimals, got 1e-3"],
+        ),
+        (
+            p("100.0000000000000000001"),
+            vec!["routes[0].percent: must be between 0 and 100, got 100.0000000000000000001"],
+        ),
+        (
+            p("1.5e3"),
+            vec!["routes[0].percent: must be between 0 and 100, got 1.5e3"],
+        ),
+        (
+            r("10.000000001"),
+            vec!["routes[0].ramp[0].percent: must have at most two decimals, got 10.000000001"],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "config: {json}");
+    }
+    for (text, bp) in [
+        ("10.50", 1050),
+        ("10.500", 1050),
+        ("1.5e1", 1500),
+        ("3333e-2", 3333),
+        ("-0", 0),
+        ("100.00", 10000),
+    ] {
+        let c = Config::from_json(p(text).as_bytes()).unwrap();
+        assert_eq!(c.routes[0].basis_points, bp, "{text}");
+        let c = Config::from_json(r(text).as_bytes()).unwrap();
+        assert_eq!(c.routes[0].ramp[0].basis_points, bp, "ramp {text}");
+    }
+}
+
+#[test]
+fn a_leap_second_in_a_ramp_is_the_next_day_s_midnight() {
+    let r = |ramp: &str| route(&format!(r#"{OK_ROUTE}, "ramp": {ramp}"#));
+    let c = Config::from_json(
+        r(r#"[{"at": "2016-12-31T23:59:60Z", "percent": 20}, {"at": "2017-01-01T00:00:01Z", "percent": 30}]"#)
+            .as_bytes(),
+    )
+    .unwrap();
+    // 2017-01-01T00:00:00Z
+    assert_eq!(c.routes[0].ramp[0].at_ms, 1_483_228_800_000);
+    assert_eq!(c.routes[0].basis_points_at(1_483_228_799_999), 1000);
+    assert_eq!(c.routes[0].basis_points_at(1_483_228_800_000), 2000);
+    // The same instant as midnight, so not later than it.
+    assert_eq!(
+        errors(&r(
+            r#"[{"at": "2016-12-31T23:59:60Z", "percent": 20}, {"at": "2017-01-01T00:00:00Z", "percent": 30}]"#
+        )),
+        vec!["routes[0].ramp[1].at: must be later than the step before it (2017-01-01T00:00:00Z)"]
+    );
+    // Only the day's last minute has a 60th second.
+    assert_eq!(
+        errors(&r(r#"[{"at": "2016-12-31T12:00:60Z", "percent": 20}]"#)),
+        vec![
+            r#"routes[0].ramp[0].at: must be an RFC 3339 UTC time such as 2026-12-01T09:00:00Z, got "2016-12-31T12:00:60Z""#
+        ]
+    );
 }
 
 /// The shared corpus (also run through Envoy and the CLI by
