@@ -1,6 +1,8 @@
 //! The split itself, in a real Envoy running the shipped `envoy/envoy.yaml`.
 
-use integration::{client, random_ids, send, served_by_keys, Bootstrap, Envoy, Stack};
+use integration::{
+    client, random_ids, send, served_by_keys, Bootstrap, Envoy, Stack, Upstream, CLUSTERS,
+};
 use traffic_shift::hash::bucket;
 
 /// Requests in flight at once (2-core machines).
@@ -170,6 +172,70 @@ async fn unmatched_paths_and_methods_go_to_the_monolith_and_clients_cannot_pick_
             } else {
                 assert_eq!(seen, Some(want));
             }
+        }
+    }
+}
+
+/// The shipped bootstrap strips a client's `x-shift-target` before any
+/// filter runs (the HCM's `early_header_mutation_extensions`), so the test
+/// above never reaches the filter's own removal. Without that guard the
+/// filter alone must keep a forged target header from choosing a backend or
+/// reaching one, on unmatched requests (it removes the header) as on
+/// matched ones (it overwrites it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_early_header_mutation_the_filter_itself_drops_a_forged_target_header() {
+    let mut bootstrap = Bootstrap::shipped().for_test().with_plugin_config(
+        r#"{"monolith": "monolith", "routes": [
+            {"name": "all", "prefix": "/all/", "service": "auth_service", "percent": 100},
+            {"name": "none", "prefix": "/none/", "service": "auth_service", "percent": 0},
+            {"name": "posts", "path": "/write", "methods": ["POST"], "service": "orders_service", "percent": 100}
+        ]}"#,
+    );
+    let hcm = &mut bootstrap.0["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        [0]["typed_config"];
+    let removed = hcm
+        .as_mapping_mut()
+        .and_then(|m| m.remove("early_header_mutation_extensions"));
+    assert!(
+        removed.is_some(),
+        "the shipped bootstrap's HCM has no early_header_mutation_extensions any more"
+    );
+    let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
+    let stack = Stack::start_bootstrap(bootstrap, 1, upstreams).await;
+    let c = client();
+    for (method, path, want) in [
+        ("GET", "/elsewhere", "monolith"),
+        ("PUT", "/write", "monolith"),
+        ("GET", "/none/x", "monolith"),
+        ("GET", "/all/x", "auth_service"),
+    ] {
+        for forged in [
+            &[("x-shift-target", "auth_service")][..],
+            &[("x-shift-target", "orders_service")],
+            &[("x-shift-target", "monolith")],
+            &[("x-shift-target", "")],
+            // Two copies: both must go.
+            &[
+                ("x-shift-target", "orders_service"),
+                ("x-shift-target", "auth_service"),
+            ],
+        ] {
+            let s = send(&c, method, &stack.envoy.url(path), forged).await;
+            assert_eq!(
+                s.served_by.as_deref(),
+                Some(want),
+                "{method} {path} with forged {forged:?}"
+            );
+            let seen = s
+                .upstream_headers
+                .get("x-shift-target")
+                .and_then(|v| v.as_str());
+            // Matched: the filter's own value; unmatched: none at all.
+            let written = (path != "/elsewhere" && method == "GET").then_some(want);
+            assert_eq!(
+                seen, written,
+                "{method} {path} with forged {forged:?}: target header upstream"
+            );
         }
     }
 }
