@@ -54,6 +54,8 @@ cargo-fuzz:
 ## bench: the filter's cost against native Envoy routing, Lua and the wasm floor
 bench: build envoy wrk plot-deps
 	$(CARGO) build --quiet --profile tools -p integration --bins
+	$(CARGO) build --quiet --release --target wasm32-wasip1 -p traffic-shift --lib --features single-header-reads --target-dir target/single
+	target/tools/slim-exports target/single/wasm32-wasip1/release/traffic_shift.wasm
 	target/tools/bench
 	$(VENV)/bin/python integration/bench/plot.py target/bench/results.json target/bench/latency.png
 	$(CARGO) bench -p traffic-shift --bench decision -- --warm-up-time 1 --measurement-time 3

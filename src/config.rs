@@ -91,25 +91,14 @@ impl Route {
     }
 
     /// The shared-data key of this route's breaker state, if it has one.
-    /// It changes when the route's name, service or outlier settings change
-    /// (a fresh breaker) but not with its percent, so ramping keeps the
-    /// state and the number of keys stays bounded by distinct
-    /// (name, service, outlier) combinations.
+    /// It depends on the route's name and service only: a configuration
+    /// update that changes the percent, the ramp or any outlier setting
+    /// keeps the state (a breaker open during an incident stays open while
+    /// its settings are tuned), a new service starts a fresh breaker, and
+    /// the number of keys stays bounded by distinct (name, service) pairs.
     pub fn breaker_key(&self) -> Option<String> {
-        let o = self.outlier.as_ref()?;
-        let identity = format!(
-            "{}|{}|{}|{:?}|{:?}|{}|{}|{}|{:?}",
-            self.name,
-            self.service,
-            o.consecutive_failures,
-            o.failure_rate,
-            o.failure_statuses,
-            o.base_ejection_ms,
-            o.max_ejection_ms,
-            o.half_open_probes,
-            o.on_open
-        );
-        let id = hash::fnv64(identity.as_bytes());
+        self.outlier.as_ref()?;
+        let id = hash::fnv64(format!("{}|{}", self.name, self.service).as_bytes());
         Some(format!("traffic_shift.breaker.{}.{id:016x}", self.name))
     }
 

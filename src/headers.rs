@@ -49,24 +49,6 @@ impl<'a> HeaderMap<'a> {
     pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
-
-    /// The first value of each of `names`, in one pass.
-    pub fn pick<const N: usize>(&self, names: [&[u8]; N]) -> [Option<&'a [u8]>; N] {
-        let mut found = [None; N];
-        let mut missing = N;
-        for (name, value) in self.iter() {
-            for (want, slot) in names.iter().zip(found.iter_mut()) {
-                if slot.is_none() && !want.is_empty() && *want == name {
-                    *slot = Some(value);
-                    missing -= 1;
-                }
-            }
-            if missing == 0 {
-                break;
-            }
-        }
-        found
-    }
 }
 
 /// Iterator over a [`HeaderMap`].
@@ -153,19 +135,13 @@ mod tests {
     }
 
     #[test]
-    fn get_and_pick_return_the_first_value() {
+    fn get_returns_the_first_value() {
         let bytes = sample();
         let m = HeaderMap::new(&bytes);
         assert_eq!(m.get(b"x-user-id"), Some(&b"42"[..]));
         assert_eq!(m.get(b"empty"), Some(&b""[..]));
         assert_eq!(m.get(b"absent"), None);
-        let [path, key, none, method, unused] =
-            m.pick([b":path", b"x-user-id", b"absent", b":method", b""]);
-        assert_eq!(path, Some(&b"/api/auth/login?x=1"[..]));
-        assert_eq!(key, Some(&b"42"[..]));
-        assert_eq!(none, None);
-        assert_eq!(method, Some(&b"GET"[..]));
-        assert_eq!(unused, None);
+        assert_eq!(m.get(b":method"), Some(&b"GET"[..]));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! 1. One host call copies every request header into the VM
 //!    ([`host::request_headers`]); `:method`, `:path`, the key, the override
-//!    headers and a client-sent target header are picked from it in place.
+//!    headers and a client-sent target header are read from it in place.
 //! 2. Override headers are removed (when present) and a valid one forces
 //!    the side.
 //! 3. Unmatched: count it, remove a client-sent target header if any, done.
@@ -10,6 +10,8 @@
 //!    service is chosen, write the target header (Envoy, ABI 0.2.1, then
 //!    re-evaluates the route, whose header match sends the request there),
 //!    count, remember what the response path needs.
+
+use std::borrow::Cow;
 
 use proxy_wasm::traits::HttpContext;
 use proxy_wasm::types::Action;
@@ -21,46 +23,53 @@ use crate::config::{forced_target, HashKey, Target, DEFAULT_TARGET_HEADER};
 use crate::cookie;
 use crate::headers::HeaderMap;
 
+/// Whether the headers are read in one host call (the shipped build) or one
+/// call per header (`--features single-header-reads`, for the bench only).
+const BULK: bool = !cfg!(feature = "single-header-reads");
+
 impl Shift {
+    /// A request header's first value: from the map read in one call, or
+    /// with one host call.
+    fn header<'a>(&self, map: Option<&HeaderMap<'a>>, name: &str) -> Option<Cow<'a, [u8]>> {
+        match map {
+            Some(m) => m.get(name.as_bytes()).map(Cow::Borrowed),
+            None => self.get_http_request_header_bytes(name).map(Cow::Owned),
+        }
+    }
+
     pub(super) fn on_request(&mut self) -> Action {
         let Some(shared) = self.shared.clone() else {
             self.set_http_request_header(DEFAULT_TARGET_HEADER, None);
             return Action::Continue;
         };
         let config = &shared.config;
-        let bytes = host::request_headers();
-        let headers = HeaderMap::new(&bytes);
-        let (o_header, o_secret): (&[u8], &[u8]) = match &config.override_header {
-            Some(o) => (
-                o.header.as_bytes(),
-                if o.secret.is_some() {
-                    o.secret_header.as_bytes()
-                } else {
-                    b""
-                },
-            ),
-            None => (b"", b""),
+        let bytes = if BULK {
+            host::request_headers()
+        } else {
+            Vec::new()
         };
-        let [method, path, target, force, secret] = headers.pick([
-            b":method",
-            b":path",
-            config.target_header.as_bytes(),
-            o_header,
-            o_secret,
-        ]);
+        let map = BULK.then(|| HeaderMap::new(&bytes));
+        let map = map.as_ref();
 
         let mut forced = None;
         if let Some(o) = &config.override_header {
+            let force = self.header(map, &o.header);
+            let secret = match o.secret {
+                Some(_) => self.header(map, &o.secret_header),
+                None => None,
+            };
             if force.is_some() {
                 self.set_http_request_header(&o.header, None);
             }
             if secret.is_some() {
                 self.set_http_request_header(&o.secret_header, None);
             }
-            forced = force.and_then(|f| forced_target(o, f, secret));
+            forced = force.and_then(|f| forced_target(o, &f, secret.as_deref()));
         }
 
-        let route = match (method, path) {
+        let method = self.header(map, ":method");
+        let path = self.header(map, ":path");
+        let route = match (&method, &path) {
             (Some(m), Some(p)) => config.route(m, p),
             _ => None,
         };
@@ -68,18 +77,24 @@ impl Shift {
             count(&shared.counters, shared.unmatched);
             // Clients must never pick a backend: drop their copy. Only when
             // present, since a header change makes Envoy re-run routing.
-            if target.is_some() {
+            if self.header(map, &config.target_header).is_some() {
                 self.set_http_request_header(&config.target_header, None);
             }
             return Action::Continue;
         };
 
+        let cookies;
         let key = match &route.hash_key {
-            HashKey::Header(name) => headers.get(name.as_bytes()),
-            HashKey::Cookie(name) => headers
-                .get(b"cookie")
-                .and_then(|h| cookie::find(h, name.as_bytes())),
+            HashKey::Header(name) => self.header(map, name),
+            HashKey::Cookie(name) => {
+                cookies = self.header(map, "cookie");
+                cookies
+                    .as_deref()
+                    .and_then(|h| cookie::find(h, name.as_bytes()))
+                    .map(Cow::Borrowed)
+            }
         };
+        let key = key.as_deref();
         let now = host::now_ms();
         let stats = shared.stats.get(index);
         if let Some(s) = stats {

@@ -1,23 +1,32 @@
 //! `make bench`: what the filter costs, against native Envoy routing, in one run.
 //!
-//! Starts the upstreams and five Envoy variants (one worker each), all built
-//! from `envoy/envoy.yaml`:
-//!   a  direct route to the monolith, no filter
-//!   b  native `weighted_clusters`, 10 % to auth_service
-//!   c  a Lua filter doing the same hash split (integration/bench/split.lua)
-//!   d0 traffic-shift with an empty route table, as the SDK builds it
-//!      (every proxy_on_* callback exported: a VM entry each per request)
-//!   d  traffic-shift with an empty route table (the wasm floor), as shipped:
-//!      the callbacks it does not use are not exported (slim-exports)
-//!   e  traffic-shift with the split (10 % of /api/auth/ to auth_service),
-//!      its stats and a breaker on the route
-//! then drives each in turn with wrk (same load, interleaved rounds
-//! a b c d e, a b c d e, ... so machine drift hits all alike) and reports
-//! medians and the per-round ratio to (b). Bounded: rounds x variants x
-//! seconds. Every process it starts is killed on exit.
+//! Starts the upstreams and these Envoy variants (one worker each), all
+//! built from `envoy/envoy.yaml`:
+//!   a   direct route to the monolith, no filter
+//!   b   native `weighted_clusters`, 10 % to auth_service (random)
+//!   h   native `weighted_clusters` with `use_hash_policy` on x-request-id
+//!       (Envoy >= 1.36's sticky split: the native competitor)
+//!   c   a Lua filter doing the same hash split (integration/bench/split.lua)
+//!   d0  traffic-shift with an empty route table, as the SDK builds it
+//!       (every proxy_on_* callback exported: a VM entry each per request)
+//!   d   traffic-shift with an empty route table (the wasm floor), as shipped:
+//!       the callbacks it does not use are not exported (slim-exports)
+//!   s   traffic-shift with the split (10 % of /api/auth/ to auth_service)
+//!       and its stats; s15 the same with 15 request headers (c15: Lua
+//!       with them); s1, s1-15 a build reading one header per host call
+//!       (`--features single-header-reads`) instead of the map in one call
+//!   e   (s) plus a breaker on the route
+//!   s1k, e1k  (s) and (e) with 1,000 routes configured
+//! then drives each in turn with wrk (same load, interleaved rounds, so
+//! machine drift hits all alike) and reports medians, the per-round ratio
+//! to (b) and the targets of issue 11 as medians of per-round ratios.
+//! Bounded: rounds x variants x seconds. Every process it starts is killed
+//! on exit.
 //!
 //! Env: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_CONNECTIONS (32),
-//! BENCH_OUT (target/bench).
+//! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys),
+//! BENCH_BASELINE_WASM (another build of the filter, run with the (s) and
+//! (e) configs as s-base and e-base).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,13 +55,72 @@ fn yaml(s: &str) -> Yaml {
 
 const ROUTER: &str = r#"{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#;
 
-/// The variants, keyed a..e, built from the shipped config.
-fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
-    // (the order of this list is the order of every round)
-    let split_config = r#"{"monolith": "monolith", "routes": [
-        {"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10,
-         "outlier": {}}]}"#;
+/// A plugin config with `n` routes; the one the bench requests hit
+/// (`/api/auth/`, 10 % to auth_service, optionally with a breaker) is in
+/// the middle of the table, the others are prefixes and exact paths of
+/// other services.
+fn split_config(n: usize, outlier: bool) -> String {
+    let hit = n / 2;
+    let routes: Vec<String> = (0..n)
+        .map(|i| {
+            if i == hit {
+                let o = if outlier { r#", "outlier": {}"# } else { "" };
+                return format!(
+                    r#"{{"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10{o}}}"#
+                );
+            }
+            let matcher = if i % 3 == 2 {
+                format!(r#""path": "/api/v1/svc{i}/items""#)
+            } else {
+                format!(r#""prefix": "/api/v1/svc{i}/""#)
+            };
+            format!(
+                r#"{{"name": "r{i}", {matcher}, "service": "orders_service", "percent": 10, "salt": "s{i}"}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"monolith": "monolith", "routes": [{}]}}"#,
+        routes.join(",")
+    )
+}
 
+/// Extra request headers of the browser-like variant (with Host and the
+/// x-request-id Envoy adds, 15 headers reach the filter).
+const BROWSER_HEADERS: &[&str] = &[
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.9",
+    "Accept-Encoding: gzip, deflate, br",
+    "Cookie: session=abc123; theme=dark; cart=42",
+    "Referer: https://shop.example.com/",
+    "X-Forwarded-Proto: https",
+    "Traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "Cache-Control: no-cache",
+    "Sec-Fetch-Mode: navigate",
+];
+
+/// One bench variant.
+struct Variant {
+    key: &'static str,
+    name: String,
+    bootstrap: Bootstrap,
+    /// Extra request headers wrk sends.
+    headers: &'static [&'static str],
+}
+
+fn variant(key: &'static str, name: &str, bootstrap: Bootstrap) -> Variant {
+    Variant {
+        key,
+        name: name.to_string(),
+        bootstrap,
+        headers: &[],
+    }
+}
+
+/// The variants, built from the shipped config (the order of this list is
+/// the order of every round).
+fn variants(base: &Bootstrap) -> Vec<Variant> {
     let mut a = base.clone();
     hcm(&mut a)["http_filters"] = Yaml::Sequence(vec![yaml(ROUTER)]);
     hcm(&mut a)["route_config"]["virtual_hosts"][0]["routes"] =
@@ -62,6 +130,17 @@ fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
     hcm(&mut b)["route_config"]["virtual_hosts"][0]["routes"] = yaml(
         "[{match: {prefix: /}, route: {weighted_clusters: {clusters: [
             {name: auth_service, weight: 10}, {name: monolith, weight: 90}]}}}]",
+    );
+
+    // Envoy >= 1.36's own sticky split: the cluster is picked from a hash
+    // of the route's hash_policy (here x-request-id, like our filter).
+    let mut h = a.clone();
+    hcm(&mut h)["route_config"]["virtual_hosts"][0]["routes"] = yaml(
+        "[{match: {prefix: /api/auth/}, route: {
+            hash_policy: [{header: {header_name: x-request-id}}],
+            weighted_clusters: {use_hash_policy: true, clusters: [
+              {name: auth_service, weight: 10}, {name: monolith, weight: 90}]}}},
+          {match: {prefix: /}, route: {cluster: monolith}}]",
     );
 
     let lua = std::fs::read_to_string(repo_root().join("integration/bench/split.lua"))
@@ -78,17 +157,90 @@ fn variants(base: &Bootstrap) -> Vec<(&'static str, &'static str, Bootstrap)> {
         .with_plugin_config(r#"{"monolith": "monolith", "routes": []}"#);
     let sdk_wasm = integration::wasm_path().with_extension("sdk-exports.wasm");
     let d0 = d.clone().with_wasm(&sdk_wasm);
-    let e = base.clone().with_plugin_config(split_config);
+    let s = base.clone().with_plugin_config(&split_config(1, false));
+    let e = base.clone().with_plugin_config(&split_config(1, true));
 
-    vec![
-        ("a", "direct, no filter", a),
-        ("b", "native weighted_clusters", b),
-        ("c", "Lua hash split", c),
-        ("d0", "traffic-shift, no routes, all SDK exports", d0),
-        ("d", "traffic-shift, no routes (wasm floor)", d),
-        ("e", "traffic-shift, split + stats + breaker", e),
-    ]
+    let single_wasm = integration::repo_root()
+        .join("target/single/wasm32-wasip1/release/traffic_shift.wasm");
+    let s1 = s.clone().with_wasm(&single_wasm);
+    let mut out = vec![
+        variant("a", "direct, no filter", a),
+        variant("b", "native weighted_clusters (random)", b),
+        variant("h", "native weighted_clusters, use_hash_policy", h),
+        variant("c", "Lua hash split", c.clone()),
+        Variant {
+            headers: BROWSER_HEADERS,
+            ..variant("c15", "Lua hash split, 15 headers", c)
+        },
+        variant("d0", "traffic-shift, no routes, all SDK exports", d0),
+        variant("d", "traffic-shift, no routes (wasm floor)", d),
+        variant("s", "traffic-shift, split + stats", s.clone()),
+        Variant {
+            headers: BROWSER_HEADERS,
+            ..variant("s15", "traffic-shift, split + stats, 15 headers", s)
+        },
+        variant("s1", "traffic-shift, split + stats, one call per header", s1.clone()),
+        Variant {
+            headers: BROWSER_HEADERS,
+            ..variant(
+                "s1-15",
+                "traffic-shift, split + stats, one call per header, 15 headers",
+                s1,
+            )
+        },
+        variant("e", "traffic-shift, split + stats + breaker", e),
+        variant(
+            "s1k",
+            "traffic-shift, split + stats, 1,000 routes",
+            base.clone().with_plugin_config(&split_config(1_000, false)),
+        ),
+        variant(
+            "e1k",
+            "traffic-shift, split + stats + breaker, 1,000 routes",
+            base.clone().with_plugin_config(&split_config(1_000, true)),
+        ),
+    ];
+    // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
+    // release) with the (s) and (e) configs, to compare in the same run.
+    if let Some(old) = std::env::var_os("BENCH_BASELINE_WASM") {
+        let old = PathBuf::from(old);
+        out.push(variant(
+            "s-base",
+            "baseline build, split + stats",
+            base.clone()
+                .with_plugin_config(&split_config(1, false))
+                .with_wasm(&old),
+        ));
+        out.push(variant(
+            "e-base",
+            "baseline build, split + stats + breaker",
+            base.clone()
+                .with_plugin_config(&split_config(1, true))
+                .with_wasm(&old),
+        ));
+    }
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let keep: Vec<&str> = only.split(',').collect();
+        out.retain(|v| keep.contains(&v.key));
+    }
+    out
 }
+
+/// The targets of issue 11, as `(label, numerator, denominator, goal)`:
+/// medians of per-round req/s ratios (`p99:` compares p99 latencies,
+/// lower is better).
+const TARGETS: &[(&str, &str, &str, f64)] = &[
+    ("split + stats vs Lua", "s", "c", 1.05),
+    ("split + stats vs SDK floor", "s", "d0", 0.95),
+    ("split + stats vs native use_hash_policy", "s", "h", 0.90),
+    ("+ breaker vs split + stats", "e", "s", 0.97),
+    ("p99: + breaker vs SDK floor", "p99:e", "d0", 1.10),
+    ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
+    ("1,000 routes vs 1: + breaker", "e1k", "e", 0.97),
+    ("split + stats vs Lua, 15 headers", "s15", "c15", 1.05),
+    ("header map in one call vs one call per header, 5 headers", "s", "s1", 0.0),
+    ("header map in one call vs one call per header, 15 headers", "s15", "s1-15", 0.0),
+];
 
 /// Pins every thread of `pid` to `cpus` (taskset -a -p).
 fn pin(pid: u32, cpus: &str) {
@@ -103,7 +255,13 @@ fn pin(pid: u32, cpus: &str) {
     }
 }
 
-fn wrk(url: &str, seconds: u64, connections: u64, load_cpu: Option<&str>) -> Value {
+fn wrk(
+    url: &str,
+    seconds: u64,
+    connections: u64,
+    load_cpu: Option<&str>,
+    headers: &[&str],
+) -> Value {
     let script = repo_root().join("integration/bench/report.lua");
     let mut cmd = match load_cpu {
         Some(cpu) => {
@@ -115,6 +273,7 @@ fn wrk(url: &str, seconds: u64, connections: u64, load_cpu: Option<&str>) -> Val
     };
     let out = cmd
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .arg("-s")
         .arg(&script)
         .arg(url)
@@ -173,21 +332,21 @@ async fn main() {
     let base = Bootstrap::shipped().for_test().with_upstreams(&refs);
 
     let mut envoys = Vec::new();
-    for (key, name, bootstrap) in variants(&base) {
-        let envoy = match Envoy::start_with(&bootstrap, 1).await {
+    for v in variants(&base) {
+        let envoy = match Envoy::start_with(&v.bootstrap, 1).await {
             Ok(e) => e,
-            Err(f) => panic!("variant {key} did not start:\n{}", f.log),
+            Err(f) => panic!("variant {} did not start:\n{}", v.key, f.log),
         };
         if pinned {
             pin(envoy.pid(), "0");
         }
-        envoys.push((key, name, envoy));
+        envoys.push((v, envoy));
     }
 
     // Sanity: every variant answers 200 and splits as intended.
     let client = integration::client();
     println!("variant check (200 requests each to {PATH}):");
-    for (key, name, envoy) in &envoys {
+    for (Variant { key, name, .. }, envoy) in &envoys {
         let mut by: BTreeMap<String, u32> = BTreeMap::new();
         for _ in 0..200 {
             let resp = client
@@ -213,14 +372,14 @@ async fn main() {
     }
 
     // Warm-up, then interleaved rounds.
-    for (_, _, envoy) in &envoys {
-        wrk(&envoy.url(PATH), 2, connections, load_cpu);
+    for (v, envoy) in &envoys {
+        wrk(&envoy.url(PATH), 2, connections, load_cpu, v.headers);
     }
     let mut runs: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for round in 1..=rounds {
         let mut line = format!("round {round}/{rounds}:");
-        for (key, _, envoy) in &envoys {
-            let mut r = wrk(&envoy.url(PATH), seconds, connections, load_cpu);
+        for (Variant { key, headers, .. }, envoy) in &envoys {
+            let mut r = wrk(&envoy.url(PATH), seconds, connections, load_cpu, headers);
             let rps = r["requests"].as_f64().unwrap_or(0.0)
                 / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6);
             r["rps"] = json!(rps);
@@ -237,7 +396,7 @@ async fn main() {
         .map(|r| r["rps"].as_f64().unwrap_or(0.0))
         .collect();
     let mut summary = Vec::new();
-    for (key, name, _) in &envoys {
+    for (Variant { key, name, .. }, _) in &envoys {
         let rs = &runs[key];
         let get = |f: &dyn Fn(&Value) -> f64| median(rs.iter().map(f).collect());
         let ratio = median(
@@ -316,7 +475,45 @@ async fn main() {
             s["errors"].as_f64().unwrap_or(0.0),
         ));
     }
-    let results = json!({"date": date, "machine": machine, "rounds": rounds, "seconds": seconds,
+    // The targets: medians of per-round ratios between two variants.
+    let per_round = |key: &str, f: &dyn Fn(&Value) -> f64| -> Option<Vec<f64>> {
+        Some(runs.get(key)?.iter().map(f).collect())
+    };
+    let rps = |r: &Value| r["rps"].as_f64().unwrap_or(0.0);
+    let p99 = |r: &Value| r["latency_us"]["99"].as_f64().unwrap_or(0.0);
+    let mut targets = Vec::new();
+    md.push_str(
+        "\n| target | ratio | goal | |\n|---|---:|---:|---|\n",
+    );
+    for (label, num, den, goal) in TARGETS {
+        let (num, f): (&str, &dyn Fn(&Value) -> f64) = match num.strip_prefix("p99:") {
+            Some(k) => (k, &p99),
+            None => (num, &rps),
+        };
+        let (Some(a), Some(b)) = (per_round(num, f), per_round(den, f)) else {
+            continue;
+        };
+        let ratio = median(a.iter().zip(&b).map(|(x, y)| x / y).collect());
+        let lower_is_better = label.starts_with("p99:");
+        let verdict = if *goal == 0.0 {
+            "(measured)"
+        } else if (lower_is_better && ratio <= *goal) || (!lower_is_better && ratio >= *goal) {
+            "met"
+        } else {
+            "missed"
+        };
+        let op = if lower_is_better { "≤" } else { "≥" };
+        let goal_text = if *goal == 0.0 {
+            String::from("—")
+        } else {
+            format!("{op} {goal:.2}")
+        };
+        md.push_str(&format!(
+            "| {label} ({num}/{den}) | {ratio:.3} | {goal_text} | {verdict} |\n"
+        ));
+        targets.push(json!({"target": label, "num": num, "den": den, "ratio": ratio, "goal": goal, "verdict": verdict}));
+    }
+    let results = json!({"date": date, "targets": targets, "machine": machine, "rounds": rounds, "seconds": seconds,
         "connections": connections, "pinned": pinned, "summary": summary, "runs": runs});
     let json_path = out_dir.join("results.json");
     let md_path = out_dir.join("results.md");
