@@ -41,7 +41,7 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
 ];
 
 /// What a metric is, for the host's `define_metric`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Counter,
     Gauge,

@@ -1,6 +1,9 @@
 //! Stats: counters accumulate in VM memory and reach the host on the tick;
 //! gauges and histograms go to the host at once.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -15,14 +18,36 @@ pub enum Metric {
     Host(Option<u32>),
 }
 
-/// Defines `name` with the host; counters also get a local cell.
+thread_local! {
+    /// Host ids of the metrics this VM defined, by kind and name. Envoy
+    /// hands out a new id (and keeps a new entry for the VM's lifetime) on
+    /// every `define_metric`, even for a name it knows: without this cache
+    /// every configuration update would grow Envoy's memory by an entry per
+    /// stat and VM.
+    static DEFINED: RefCell<HashMap<(Kind, String), Option<u32>>> = RefCell::new(HashMap::new());
+}
+
+/// The host id of `name`, defined once per VM.
+fn host_id(kind: Kind, name: &str) -> Option<u32> {
+    DEFINED.with(|d| {
+        if let Some(id) = d.borrow().get(&(kind, name.to_string())) {
+            return *id;
+        }
+        let t = match kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Histogram => MetricType::Histogram,
+        };
+        let id = hostcalls::define_metric(t, name).ok();
+        d.borrow_mut().insert((kind, name.to_string()), id);
+        id
+    })
+}
+
+/// Defines `name` with the host (once per VM); counters also get a local
+/// cell.
 pub fn define(counters: &mut LocalCounters, kind: Kind, name: &str) -> Metric {
-    let t = match kind {
-        Kind::Counter => MetricType::Counter,
-        Kind::Gauge => MetricType::Gauge,
-        Kind::Histogram => MetricType::Histogram,
-    };
-    let id = hostcalls::define_metric(t, name).ok();
+    let id = host_id(kind, name);
     match kind {
         Kind::Counter => Metric::Counter(counters.register(id)),
         Kind::Gauge | Kind::Histogram => Metric::Host(id),
