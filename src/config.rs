@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::breaker::{self, OnOpen};
+use crate::guard;
 use crate::hash;
 use crate::ramp::{self, Step};
 use crate::routes::{Matcher, PathMatch, RouteTable};
@@ -57,6 +58,8 @@ pub struct Route {
     pub outlier: Option<breaker::Settings>,
     /// Scheduled percent changes, sorted by time (may be empty).
     pub ramp: Vec<Step>,
+    /// Rollback when the service does worse than the monolith; `None`: off.
+    pub guard: Option<guard::Settings>,
 }
 
 /// The QA override: a request carrying `header: service|monolith` (and,
@@ -100,6 +103,30 @@ impl Route {
         self.outlier.as_ref()?;
         let id = hash::fnv64(format!("{}|{}", self.name, self.service).as_bytes());
         Some(format!("traffic_shift.breaker.{}.{id:016x}", self.name))
+    }
+
+    /// The shared-data key of this route's guard, if it has one. It
+    /// changes with the route's service, percent, ramp, salt or guard
+    /// settings (epoch included): such a configuration clears a trip; any
+    /// other update (another route, the hash key, the outlier settings)
+    /// keeps it.
+    pub fn guard_key(&self) -> Option<String> {
+        let g = self.guard.as_ref()?;
+        let id = guard::identity(&format!(
+            "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}",
+            self.name,
+            self.service,
+            self.basis_points,
+            self.ramp,
+            self.salt,
+            g.window_s,
+            g.min_requests,
+            g.max_error_rate_increase,
+            g.confidence,
+            g.max_latency_ratio,
+            g.epoch
+        ));
+        Some(format!("traffic_shift.guard.{}.{id:016x}", self.name))
     }
 
     /// The side a request with this key goes to at the route's `percent`.
@@ -485,7 +512,7 @@ fn parse_route(
         path,
         &[
             "name", "prefix", "path", "methods", "service", "percent", "salt", "hash_key",
-            "outlier", "ramp",
+            "outlier", "ramp", "guard",
         ],
         errs,
     )?;
@@ -564,7 +591,13 @@ fn parse_route(
         Some(r) => parse_ramp(r, &obj.path("ramp"), errs),
     };
 
+    let guard = match obj.get("guard") {
+        None => Some(None),
+        Some(g) => parse_guard(g, &obj.path("guard"), errs).map(Some),
+    };
+
     Some(Route {
+        guard: guard?,
         ramp: ramp?,
         outlier: outlier?,
         name: name?,
@@ -778,6 +811,81 @@ fn parse_outlier(v: &Json, path: &str, errs: &mut Errors) -> Option<breaker::Set
         max_ejection_ms: max_ms,
         half_open_probes: probes?.map_or(d.half_open_probes, |n| n as u32),
         on_open: on_open?,
+    })
+}
+
+/// An optional number field: `Some(None)` when absent, `None` (error
+/// reported) when not a number or outside what `ok` accepts (`range` names
+/// the accepted values in the message).
+fn number(
+    obj: &Obj<'_>,
+    key: &str,
+    ok: impl Fn(f64) -> bool,
+    range: &str,
+    errs: &mut Errors,
+) -> Option<Option<f64>> {
+    let Some(v) = obj.get(key) else {
+        return Some(None);
+    };
+    let n = match v {
+        Json::Number(text) => text.parse::<f64>().ok(),
+        _ => None,
+    };
+    match n.filter(|n| n.is_finite() && ok(*n)) {
+        Some(n) => Some(Some(n)),
+        None => {
+            errs.push(obj.path(key), format!("must be a number {range}, got {v}"));
+            None
+        }
+    }
+}
+
+fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Settings> {
+    let obj = Obj::new(
+        v,
+        path,
+        &[
+            "window_s",
+            "min_requests",
+            "max_error_rate_increase",
+            "confidence",
+            "max_latency_ratio",
+            "epoch",
+        ],
+        errs,
+    )?;
+    let d = guard::Settings::default();
+    let window_s = uint(&obj, "window_s", 5, 600, errs);
+    let min_requests = uint(&obj, "min_requests", 1, 1_000_000, errs);
+    let increase = number(
+        &obj,
+        "max_error_rate_increase",
+        |n| (0.0..=1.0).contains(&n),
+        "between 0 and 1",
+        errs,
+    );
+    let confidence = number(
+        &obj,
+        "confidence",
+        |n| (0.5..1.0).contains(&n),
+        "from 0.5 to below 1",
+        errs,
+    );
+    let ratio = number(
+        &obj,
+        "max_latency_ratio",
+        |n| n > 1.0 && n <= 100.0,
+        "above 1 and at most 100",
+        errs,
+    );
+    let epoch = uint(&obj, "epoch", 0, u64::from(u32::MAX), errs);
+    Some(guard::Settings {
+        window_s: window_s?.map_or(d.window_s, |n| n as u32),
+        min_requests: min_requests?.map_or(d.min_requests, |n| n as u32),
+        max_error_rate_increase: increase?.unwrap_or(d.max_error_rate_increase),
+        confidence: confidence?.unwrap_or(d.confidence),
+        max_latency_ratio: ratio?,
+        epoch: epoch?.unwrap_or(d.epoch),
     })
 }
 

@@ -8,6 +8,8 @@
 //! - [`config`]: plugin configuration JSON -> validated [`config::Config`];
 //!   every error names its field path.
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
+//! - [`guard`]: rolls a route back when its service does worse than the
+//!   monolith (two-proportion test, p95 ratio; injected clock).
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
 //! - [`headers`]: the request headers as one serialized map, read in place.
 //! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
@@ -30,6 +32,7 @@
 pub mod breaker;
 pub mod config;
 pub mod cookie;
+pub mod guard;
 pub mod hash;
 pub mod headers;
 pub mod ramp;

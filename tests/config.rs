@@ -94,7 +94,7 @@ fn first_slice_error_list_exact_messages() {
         ),
         (
             route(&format!(r#"{OK_ROUTE}, "prcent": 20"#)),
-            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp"],
+            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp, guard"],
         ),
         (
             r#"{"monolith": "m", "hash_key": {"header": "x-id", "hdr": "x"}}"#.into(),
@@ -789,5 +789,133 @@ fn the_invalid_config_corpus_is_refused_with_the_exact_messages() {
             .map(|e| e.as_str().unwrap())
             .collect();
         assert_eq!(errors(json), want, "config: {json}");
+    }
+}
+
+#[test]
+fn guard_defaults_and_overrides() {
+    use traffic_shift::guard::Settings;
+    let c = Config::from_json(route(OK_ROUTE).as_bytes()).unwrap();
+    assert_eq!(c.routes[0].guard, None, "no guard object: no guard");
+    assert_eq!(c.routes[0].guard_key(), None);
+
+    let c = Config::from_json(route(&format!(r#"{OK_ROUTE}, "guard": {{}}"#)).as_bytes()).unwrap();
+    assert_eq!(
+        c.routes[0].guard,
+        Some(Settings {
+            window_s: 30,
+            min_requests: 50,
+            max_error_rate_increase: 0.02,
+            confidence: 0.95,
+            max_latency_ratio: None,
+            epoch: 0,
+        })
+    );
+    let c = Config::from_json(
+        route(&format!(
+            r#"{OK_ROUTE}, "guard": {{"window_s": 5, "min_requests": 10,
+                "max_error_rate_increase": 0, "confidence": 0.99, "max_latency_ratio": 2.5,
+                "epoch": 3}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].guard,
+        Some(Settings {
+            window_s: 5,
+            min_requests: 10,
+            max_error_rate_increase: 0.0,
+            confidence: 0.99,
+            max_latency_ratio: Some(2.5),
+            epoch: 3,
+        })
+    );
+}
+
+#[test]
+fn guard_key_changes_with_what_clears_a_trip_only() {
+    let key = |fields: &str, guard: &str, extra: &str| {
+        let json = format!(
+            r#"{{"monolith": "monolith", "routes": [{{{fields}, "guard": {guard}}}{extra}]}}"#
+        );
+        Config::from_json(json.as_bytes()).unwrap().routes[0]
+            .guard_key()
+            .unwrap()
+    };
+    let base = key(OK_ROUTE, "{}", "");
+    assert!(base.starts_with("traffic_shift.guard.auth."));
+    // Kept: another route, an outlier, the hash key.
+    let other = r#", {"name": "o", "prefix": "/o/", "service": "o", "percent": 50}"#;
+    assert_eq!(key(OK_ROUTE, "{}", other), base);
+    assert_eq!(
+        key(&format!(r#"{OK_ROUTE}, "outlier": {{}}, "hash_key": {{"header": "x-user-id"}}"#), "{}", ""),
+        base
+    );
+    // Cleared: percent, salt, service, ramp, guard settings, epoch.
+    for changed in [
+        key(&OK_ROUTE.replace("10", "11"), "{}", ""),
+        key(&format!(r#"{OK_ROUTE}, "salt": "x""#), "{}", ""),
+        key(&OK_ROUTE.replace("auth_service", "auth_v2"), "{}", ""),
+        key(
+            &format!(r#"{OK_ROUTE}, "ramp": [{{"at": "2030-01-01T00:00:00Z", "percent": 50}}]"#),
+            "{}",
+            "",
+        ),
+        key(OK_ROUTE, r#"{"window_s": 60}"#, ""),
+        key(OK_ROUTE, r#"{"epoch": 1}"#, ""),
+    ] {
+        assert_ne!(changed, base);
+    }
+}
+
+#[test]
+fn guard_errors_exact_messages() {
+    let g = |body: &str| route(&format!(r#"{OK_ROUTE}, "guard": {body}"#));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (g("[]"), vec!["routes[0].guard: must be an object, got array"]),
+        (
+            g(r#"{"window": 30}"#),
+            vec!["routes[0].guard.window: unknown field; expected one of: window_s, min_requests, max_error_rate_increase, confidence, max_latency_ratio, epoch"],
+        ),
+        (
+            g(r#"{"window_s": 4}"#),
+            vec!["routes[0].guard.window_s: must be an integer between 5 and 600, got 4"],
+        ),
+        (
+            g(r#"{"window_s": 601}"#),
+            vec!["routes[0].guard.window_s: must be an integer between 5 and 600, got 601"],
+        ),
+        (
+            g(r#"{"min_requests": 0}"#),
+            vec!["routes[0].guard.min_requests: must be an integer between 1 and 1000000, got 0"],
+        ),
+        (
+            g(r#"{"max_error_rate_increase": 2}"#),
+            vec!["routes[0].guard.max_error_rate_increase: must be a number between 0 and 1, got 2"],
+        ),
+        (
+            g(r#"{"max_error_rate_increase": "2%"}"#),
+            vec![r#"routes[0].guard.max_error_rate_increase: must be a number between 0 and 1, got "2%""#],
+        ),
+        (
+            g(r#"{"confidence": 1}"#),
+            vec!["routes[0].guard.confidence: must be a number from 0.5 to below 1, got 1"],
+        ),
+        (
+            g(r#"{"confidence": 0.4}"#),
+            vec!["routes[0].guard.confidence: must be a number from 0.5 to below 1, got 0.4"],
+        ),
+        (
+            g(r#"{"max_latency_ratio": 1}"#),
+            vec!["routes[0].guard.max_latency_ratio: must be a number above 1 and at most 100, got 1"],
+        ),
+        (
+            g(r#"{"epoch": -1}"#),
+            vec!["routes[0].guard.epoch: must be an integer between 0 and 4294967295, got -1"],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "{json}");
     }
 }
