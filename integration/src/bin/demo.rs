@@ -8,70 +8,341 @@
 //!   the watched `envoy/ecds/traffic_shift.yaml`;
 //! - grpc (`make run-ecds-grpc`): `envoy/envoy-ecds-grpc.yaml`, config pushed
 //!   by the control plane from `envoy/xds/traffic_shift.json`, on every edit.
+//!
+//! The banner shows the split of the configuration file as it was at start
+//! (a live change is not reflected in it). A user error (unknown argument,
+//! unreadable or invalid config file, port in use, missing binary) is one
+//! line on stderr and exit 1 (2 for a usage error), before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use integration::xds::{serve_file, PluginSpec, XdsServer};
-use integration::{repo_root, Bootstrap, Envoy, Upstream};
+use integration::{envoy_bin, repo_root, upstream_bin, wasm_path, Bootstrap, Envoy, Upstream};
+use serde_yaml::Value as Yaml;
+use traffic_shift::config::{Config, HashKey};
+use traffic_shift::routes::PathMatch;
+
+const USAGE: &str = "usage: demo [--source static|file|grpc]";
+
+const HELP: &str = "demo [--source static|file|grpc]
+
+Starts the demo upstreams (monolith 127.0.0.1:18080, auth_service :18081,
+orders_service :18082) and Envoy with a shipped config as it is, on
+127.0.0.1:10000 (admin 127.0.0.1:9901). Ctrl-C stops everything.
+  --source static  envoy/envoy.yaml, the filter config in the bootstrap (default, make run)
+  --source file    envoy/envoy-ecds-file.yaml, config from the watched
+                   envoy/ecds/traffic_shift.yaml (make run-ecds-file)
+  --source grpc    envoy/envoy-ecds-grpc.yaml, config pushed over ADS from
+                   envoy/xds/traffic_shift.json by a control plane on
+                   127.0.0.1:18000 (make run-ecds-grpc)";
+
+const UPSTREAMS: [(&str, &str); 3] = [
+    ("monolith", "127.0.0.1:18080"),
+    ("auth_service", "127.0.0.1:18081"),
+    ("orders_service", "127.0.0.1:18082"),
+];
+const CONTROL_PLANE: &str = "127.0.0.1:18000";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    Static,
+    File,
+    Grpc,
+}
+
+/// `None`: `--help` was asked for.
+fn parse_args() -> Result<Option<Source>, String> {
+    let mut source = Source::Static;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--help" || a == "-h" {
+            return Ok(None);
+        }
+        if a != "--source" {
+            return Err(format!("unknown argument {:?}", a.to_string_lossy()));
+        }
+        let value = args.next().ok_or("--source needs a value")?;
+        source = match value.to_str() {
+            Some("static") => Source::Static,
+            Some("file") => Source::File,
+            Some("grpc") => Source::Grpc,
+            _ => {
+                return Err(format!(
+                    "--source must be static, file or grpc, got {:?}",
+                    value.to_string_lossy()
+                ))
+            }
+        };
+    }
+    Ok(Some(source))
+}
+
+/// One line on stderr, exit 1.
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("demo: {msg}");
+    std::process::exit(1)
+}
+
+/// `path` relative to the repository, for messages.
+fn shown(path: &Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn load_yaml(path: &Path) -> Result<Yaml, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", shown(path)))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: not YAML: {e}", shown(path)))
+}
+
+/// The traffic_shift plugin configuration (JSON text) in a bootstrap or an
+/// ECDS resource file: the `configuration.value` next to
+/// `root_id: traffic_shift`, wherever it is.
+fn plugin_config_in(y: &Yaml) -> Option<String> {
+    match y {
+        Yaml::Mapping(m) => {
+            if y["root_id"].as_str() == Some("traffic_shift") {
+                if let Some(v) = y["configuration"]["value"].as_str() {
+                    return Some(v.to_string());
+                }
+            }
+            m.values().find_map(plugin_config_in)
+        }
+        Yaml::Sequence(s) => s.iter().find_map(plugin_config_in),
+        _ => None,
+    }
+}
+
+fn socket_address(y: &Yaml) -> Option<SocketAddr> {
+    let sa = &y["socket_address"];
+    let ip = sa["address"].as_str()?.parse().ok()?;
+    let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Envoy's admin and listener addresses in the bootstrap.
+fn envoy_addresses(b: &Yaml) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    if let Some(a) = socket_address(&b["admin"]["address"]) {
+        out.push(("Envoy admin".to_string(), a));
+    }
+    if let Some(ls) = b["static_resources"]["listeners"].as_sequence() {
+        for l in ls {
+            if let Some(a) = socket_address(&l["address"]) {
+                let name = l["name"].as_str().unwrap_or("listener");
+                out.push((format!("Envoy listener {name}"), a));
+            }
+        }
+    }
+    out
+}
+
+/// Fails with one line if one of the fixed ports is taken.
+fn check_ports_free(ports: &[(String, SocketAddr)]) {
+    for (what, addr) in ports {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            fail(format!("{addr} ({what}) is not available: {e}"));
+        }
+    }
+}
+
+fn percent(bp: u16) -> String {
+    let s = format!("{}.{:02}", bp / 100, bp % 100);
+    s.trim_end_matches('0').trim_end_matches('.').to_string() + "%"
+}
+
+/// What the starting config does, per route, with a curl line to see it.
+fn describe(config: &Config, l: SocketAddr) -> String {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut out = String::new();
+    for r in &config.routes {
+        let (shown_path, path) = match &r.matcher.path {
+            PathMatch::Prefix(p) => (format!("{p}*"), p.clone()),
+            PathMatch::Exact(p) => (p.clone(), p.clone()),
+        };
+        let method = match &r.matcher.methods {
+            Some(m) if !m.iter().any(|m| m == "GET") => {
+                format!(" -X {}", m.first().map_or("GET", String::as_str))
+            }
+            _ => String::new(),
+        };
+        let methods = r
+            .matcher
+            .methods
+            .as_ref()
+            .map_or(String::new(), |m| format!(" ({})", m.join(",")));
+        let ramp = if r.ramp.iter().any(|s| s.at_ms > now_ms) {
+            " (a ramp step is ahead: `traffic-shift check` shows when)"
+        } else {
+            ""
+        };
+        let pct = percent(r.basis_points_at(now_ms));
+        let url = format!("http://{l}{path}");
+        let (how, try_it) = match &r.hash_key {
+            HashKey::Header(h) if h == "x-request-id" => (
+                "by x-request-id (a fresh id per request)".to_string(),
+                format!("for i in $(seq 20); do curl -s{method} -D - -o /dev/null {url} | grep -i x-served-by; done | sort | uniq -c"),
+            ),
+            key => {
+                let (what, header) = match key {
+                    HashKey::Header(h) => (format!("header {h}"), format!("{h}: $u")),
+                    HashKey::Cookie(c) => (format!("cookie {c}"), format!("cookie: {c}=$u")),
+                };
+                (
+                    format!("sticky by {what}"),
+                    format!("for u in 1 2 3 4 5 6; do echo \"user $u: $(curl -s{method} -D - -o /dev/null -H \"{header}\" {url} | grep -i x-served-by)\"; done"),
+                )
+            }
+        };
+        out += &format!(
+            "{shown_path}{methods} -> {pct} {}, {how}{ramp}:\n  {try_it}\n\n",
+            r.service
+        );
+    }
+    out + &format!(
+        "anything else -> {}:\n  curl -s http://{l}/ ; echo\n",
+        config.monolith
+    )
+}
+
+fn plugin_spec() -> PluginSpec {
+    PluginSpec {
+        name: "traffic_shift".into(),
+        root_id: "traffic_shift".into(),
+        wasm_path: wasm_path().to_string_lossy().into_owned(),
+        failure_policy: envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy::FailOpen,
+    }
+}
+
+/// The most telling line of a failed Envoy's log: its last critical
+/// message, else its last error, without the log prefix.
+fn envoy_failure_reason(log: &str) -> Option<&str> {
+    let pick = |level: &str| {
+        log.lines()
+            .rev()
+            .find(|l| l.contains(level))
+            .map(|l| l.rsplit_once("] ").map_or(l, |(_, m)| m))
+    };
+    pick("][critical][").or_else(|| pick("][error]["))
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let source = match args.iter().position(|a| a == "--source") {
-        Some(i) => args.get(i + 1).cloned().unwrap_or_default(),
-        None => "static".into(),
-    };
-    let (bootstrap, how_to_change) = match source.as_str() {
-        "static" => (
-            Bootstrap::shipped(),
-            "config: envoy/envoy.yaml (edit it and restart to change a percentage)".to_string(),
-        ),
-        "file" => (
-            Bootstrap::load(&repo_root().join("envoy/envoy-ecds-file.yaml")),
-            "config: envoy/ecds/traffic_shift.yaml, watched by Envoy. To change a percentage live:
-  cp envoy/ecds/traffic_shift.yaml /tmp/ts.yaml && sed -i 's/\"percent\": 10,/\"percent\": 50,/; s/version_info: .*/version_info: \"2\"/' /tmp/ts.yaml
-  cp /tmp/ts.yaml envoy/ecds/.ts.new && mv envoy/ecds/.ts.new envoy/ecds/traffic_shift.yaml
-  curl -s localhost:9901/stats | grep extension_config_discovery.http_filter.traffic_shift"
-                .to_string(),
-        ),
-        "grpc" => {
-            let spec = PluginSpec {
-                name: "traffic_shift".into(),
-                root_id: "traffic_shift".into(),
-                wasm_path: integration::wasm_path().to_string_lossy().into_owned(),
-                failure_policy:
-                    envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy::FailOpen,
-            };
-            let server = match XdsServer::start_on("127.0.0.1:18000", spec).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("cannot start the control plane on 127.0.0.1:18000: {e}");
-                    std::process::exit(1);
-                }
-            };
-            let file = repo_root().join("envoy/xds/traffic_shift.json");
-            tokio::spawn(serve_file(server, file, true, |m| println!("xds: {m}")));
-            (
-                Bootstrap::load(&repo_root().join("envoy/envoy-ecds-grpc.yaml")),
-                "config: envoy/xds/traffic_shift.json, served over ADS by the control plane on 127.0.0.1:18000.
-To change a percentage live, edit and save the file; the control plane checks it, pushes it
-and prints Envoy's ACK or NACK here."
-                    .to_string(),
-            )
+    let source = match parse_args() {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            println!("{HELP}");
+            return;
         }
-        other => {
-            eprintln!("demo: --source must be static, file or grpc, got {other:?}");
+        Err(e) => {
+            eprintln!("demo: {e} ({USAGE})");
             std::process::exit(2);
         }
     };
-    let upstreams = [
-        Upstream::start_with("monolith", "127.0.0.1:18080", &[]),
-        Upstream::start_with("auth_service", "127.0.0.1:18081", &[]),
-        Upstream::start_with("orders_service", "127.0.0.1:18082", &[]),
-    ];
+    let root = repo_root();
+    let (bootstrap_path, config_path): (PathBuf, PathBuf) = match source {
+        Source::Static => (root.join("envoy/envoy.yaml"), root.join("envoy/envoy.yaml")),
+        Source::File => (
+            root.join("envoy/envoy-ecds-file.yaml"),
+            root.join("envoy/ecds/traffic_shift.yaml"),
+        ),
+        Source::Grpc => (
+            root.join("envoy/envoy-ecds-grpc.yaml"),
+            root.join("envoy/xds/traffic_shift.json"),
+        ),
+    };
+    let bootstrap = Bootstrap(load_yaml(&bootstrap_path).unwrap_or_else(|e| fail(e)));
+
+    // The starting configuration, from the file actually used.
+    let json = if source == Source::Grpc {
+        std::fs::read_to_string(&config_path)
+            .unwrap_or_else(|e| fail(format!("{}: {e}", shown(&config_path))))
+    } else {
+        let y = load_yaml(&config_path).unwrap_or_else(|e| fail(e));
+        plugin_config_in(&y).unwrap_or_else(|| {
+            fail(format!(
+                "{}: no traffic_shift plugin configuration in it",
+                shown(&config_path)
+            ))
+        })
+    };
+    let config = match Config::from_json(json.as_bytes()) {
+        Ok(c) => c,
+        Err(errors) => fail(format!(
+            "{}: the filter would refuse this configuration: {}",
+            shown(&config_path),
+            errors
+                .0
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    };
+
+    for (what, path) in [
+        ("Envoy", envoy_bin()),
+        ("the filter", wasm_path()),
+        ("the upstream", upstream_bin()),
+    ] {
+        if !path.is_file() {
+            fail(format!(
+                "{what} is not built: no {} (run `make build envoy` and `cargo build --profile tools -p integration --bins`)",
+                path.display()
+            ));
+        }
+    }
+    let mut ports: Vec<(String, SocketAddr)> = UPSTREAMS
+        .iter()
+        .filter_map(|(n, a)| Some((format!("upstream {n}"), a.parse().ok()?)))
+        .collect();
+    ports.extend(envoy_addresses(&bootstrap.0));
+    if source == Source::Grpc {
+        if let Ok(a) = CONTROL_PLANE.parse() {
+            ports.push(("control plane".into(), a));
+        }
+    }
+    check_ports_free(&ports);
+
+    let how_to_change = match source {
+        Source::Static => {
+            "To change a percentage: edit envoy/envoy.yaml and restart the demo.".to_string()
+        }
+        Source::File => "To change a percentage live (Envoy watches the file):
+  cp envoy/ecds/traffic_shift.yaml /tmp/ts.yaml && sed -i 's/\"percent\": 10,/\"percent\": 50,/; s/version_info: .*/version_info: \"2\"/' /tmp/ts.yaml
+  cp /tmp/ts.yaml envoy/ecds/.ts.new && mv envoy/ecds/.ts.new envoy/ecds/traffic_shift.yaml
+  curl -s localhost:9901/stats | grep extension_config_discovery.http_filter.traffic_shift"
+            .to_string(),
+        Source::Grpc => {
+            let server = XdsServer::start_on(CONTROL_PLANE, plugin_spec())
+                .await
+                .unwrap_or_else(|e| {
+                    fail(format!(
+                        "cannot start the control plane on {CONTROL_PLANE}: {e}"
+                    ))
+                });
+            tokio::spawn(serve_file(server, config_path.clone(), true, |m| {
+                println!("xds: {m}")
+            }));
+            format!("The control plane on {CONTROL_PLANE} serves envoy/xds/traffic_shift.json over ADS.
+To change a percentage live, edit and save the file; the control plane checks it, pushes it
+and prints Envoy's ACK or NACK here.")
+        }
+    };
+    let upstreams = UPSTREAMS.map(|(name, addr)| Upstream::start_with(name, addr, &[]));
     let envoy = match Envoy::start_with(&bootstrap, 2).await {
         Ok(e) => e,
         Err(f) => {
-            eprintln!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log);
-            std::process::exit(1);
+            let reason = envoy_failure_reason(&f.log).unwrap_or("no error in its log");
+            fail(format!(
+                "Envoy did not start (exit {:?}): {reason}",
+                f.exit_code
+            ));
         }
     };
     let l = envoy.listener;
@@ -79,15 +350,9 @@ and prints Envoy's ACK or NACK here."
         "traffic-shift demo: Envoy on http://{l} (admin http://{admin}), pid {pid}
 upstreams: {ups}
 
-/api/auth/   -> 10% auth_service, by x-request-id (a fresh id per request):
-  for i in $(seq 20); do curl -s -D - -o /dev/null http://{l}/api/auth/login | grep -i x-served-by; done | sort | uniq -c
+The split at start, from {config_file} (a later change is not shown here):
 
-/api/orders/ -> 50% orders_service, sticky by x-user-id:
-  for u in 1 2 3 4 5 6; do echo \"user $u: $(curl -s -D - -o /dev/null -H \"x-user-id: $u\" http://{l}/api/orders/ | grep -i x-served-by)\"; done
-
-anything else -> monolith:
-  curl -s http://{l}/ ; echo
-
+{split}
 {how_to_change}
 
 Ctrl-C stops Envoy and the upstreams.",
@@ -98,6 +363,8 @@ Ctrl-C stops Envoy and the upstreams.",
             .map(|u| format!("{}={}", u.name, u.addr))
             .collect::<Vec<_>>()
             .join(" "),
+        config_file = shown(&config_path),
+        split = describe(&config, l),
     );
     let _ = tokio::signal::ctrl_c().await;
     println!("stopping");

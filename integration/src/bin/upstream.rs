@@ -37,7 +37,25 @@ struct Opts {
     bare: bool,
 }
 
-fn parse_args() -> Result<Opts, String> {
+const USAGE: &str = "usage: upstream [--name NAME] [--listen ADDR] [--status CODE] [--delay-ms MS] [--threads N] [--bare]";
+
+const HELP: &str =
+    "upstream [--name NAME] [--listen ADDR] [--status CODE] [--delay-ms MS] [--threads N] [--bare]
+
+A demo upstream: answers every request with status CODE (200), after MS
+milliseconds (0), a header x-served-by: NAME (upstream) and a JSON body of
+the request headers it received (--bare: just NAME). Prints `listening on
+ADDR` first; --listen 127.0.0.1:0 (the default) picks a free port. PUT
+/__upstream/status/<code> and /__upstream/delay-ms/<ms> change later answers.";
+
+/// `None`: `--help` was asked for.
+fn parse_args() -> Result<Option<Opts>, String> {
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == "--help" || a == "-h")
+    {
+        return Ok(None);
+    }
     let mut opts = Opts {
         name: "upstream".into(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -46,13 +64,21 @@ fn parse_args() -> Result<Opts, String> {
         threads: 2,
         bare: false,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args_os().skip(1);
     while let Some(flag) = args.next() {
+        let flag = flag.to_string_lossy().into_owned();
         if flag == "--bare" {
             opts.bare = true;
             continue;
         }
-        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        if !["--name", "--listen", "--status", "--delay-ms", "--threads"].contains(&flag.as_str()) {
+            return Err(format!("unknown flag {flag:?}"));
+        }
+        let value = args
+            .next()
+            .ok_or(format!("{flag} needs a value"))?
+            .into_string()
+            .map_err(|v| format!("{flag}: not UTF-8: {v:?}"))?;
         match flag.as_str() {
             "--name" => opts.name = value,
             "--listen" => opts.listen = value.parse().map_err(|e| format!("--listen: {e}"))?,
@@ -69,10 +95,10 @@ fn parse_args() -> Result<Opts, String> {
                     AtomicU64::new(value.parse().map_err(|e| format!("--delay-ms: {e}"))?)
             }
             "--threads" => opts.threads = value.parse().map_err(|e| format!("--threads: {e}"))?,
-            other => return Err(format!("unknown flag {other}")),
+            _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
-    Ok(opts)
+    Ok(Some(opts))
 }
 
 /// `PUT /__upstream/<setting>/<value>`: changes a setting, answers 204.
@@ -146,9 +172,13 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
 
 fn main() {
     let opts = match parse_args() {
-        Ok(o) => Arc::new(o),
+        Ok(Some(o)) => Arc::new(o),
+        Ok(None) => {
+            println!("{HELP}");
+            return;
+        }
         Err(e) => {
-            eprintln!("upstream: {e}");
+            eprintln!("upstream: {e} ({USAGE})");
             std::process::exit(2);
         }
     };
