@@ -38,6 +38,10 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
         "response_code_class",
         r"^wasmcustom\.traffic_shift\..+\.rq_(([1-5]))xx$",
     ),
+    (
+        "reason",
+        r"^wasmcustom\.traffic_shift\..+(\.reason\.(errors|latency))$",
+    ),
 ];
 
 /// What a metric is, for the host's `define_metric`.
@@ -166,6 +170,27 @@ impl<Id> BreakerStats<Id> {
             fast_fail: define(Kind::Counter, &format!("{b}.fast_fail")),
             fallback: define(Kind::Counter, &format!("{b}.fallback")),
             state: define(Kind::Gauge, &format!("{b}.state")),
+        }
+    }
+}
+
+/// The guard stats of a route that has `guard` configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardStats<Id> {
+    /// Gauge: 1 while tripped (the route sends everything to the monolith).
+    pub tripped: Id,
+    /// Counters: trips by reason (errors, latency).
+    pub trips_errors: Id,
+    pub trips_latency: Id,
+}
+
+impl<Id> GuardStats<Id> {
+    pub fn define(route: &str, define: &mut impl FnMut(Kind, &str) -> Id) -> Self {
+        let g = format!("{PREFIX}.route.{route}.guard");
+        GuardStats {
+            tripped: define(Kind::Gauge, &format!("{g}.tripped")),
+            trips_errors: define(Kind::Counter, &format!("{g}.trips.reason.errors")),
+            trips_latency: define(Kind::Counter, &format!("{g}.trips.reason.latency")),
         }
     }
 }

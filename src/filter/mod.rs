@@ -7,6 +7,7 @@
 //!   breaker outcome);
 //! - `breaker.rs`: the breaker's process-wide state in shared data;
 //! - `counters.rs`: stats, counters accumulated per VM and flushed on tick;
+//! - `guard.rs`: the guard's windows and trips in shared data;
 //! - `host.rs`: the bulk header read and the clock.
 //!
 //! This file holds the contexts and their callbacks, each a short list of
@@ -16,6 +17,7 @@
 
 mod breaker;
 mod counters;
+mod guard;
 mod host;
 mod request;
 mod response;
@@ -30,7 +32,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::{Config, Target};
-use crate::stats::{self, BreakerStats, Kind, LocalCounters, RouteStats};
+use crate::stats::{self, BreakerStats, GuardStats, Kind, LocalCounters, RouteStats};
 use counters::Metric;
 
 proxy_wasm::main! {{
@@ -51,6 +53,8 @@ pub(crate) struct Shared {
     stats: Vec<RouteStats<Metric>>,
     /// Index = route index; `None` for routes without `outlier`.
     breakers: Vec<Option<breaker::Slot>>,
+    /// Index = route index; `None` for routes without `guard`.
+    guards: Vec<Option<guard::Slot>>,
     unmatched: Metric,
     counters: LocalCounters,
 }
@@ -67,8 +71,16 @@ impl Drop for Shared {
 #[derive(Default)]
 struct Gauges {
     generation: u64,
-    /// (route, effective percent gauge, breaker state gauge)
-    routes: Vec<(String, Metric, Option<Metric>)>,
+    routes: Vec<RouteGauges>,
+}
+
+/// The gauges of one route, and its guard's shared-data key.
+#[derive(Clone)]
+struct RouteGauges {
+    name: String,
+    effective_bp: Metric,
+    breaker_state: Option<Metric>,
+    guard: Option<(Metric, String)>,
 }
 
 thread_local! {
@@ -98,6 +110,17 @@ impl Shared {
                 Some(slot)
             })
             .collect();
+        let guards = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.guard.as_ref()?;
+                let gs = GuardStats::define(&r.name, &mut |k, n: &str| {
+                    counters::define(&mut c, k, n)
+                });
+                guard::Slot::new(r, gs)
+            })
+            .collect();
         if let Some(n) = keys {
             let gauge = counters::define(&mut c, Kind::Gauge, &stats::breaker_keys_name());
             counters::record(gauge, n as u64);
@@ -107,19 +130,37 @@ impl Shared {
             config,
             stats,
             breakers,
+            guards,
             counters: c,
         }
     }
 
     /// The gauges this configuration sets.
-    fn gauges(&self) -> Vec<(String, Metric, Option<Metric>)> {
-        self.config
-            .routes
-            .iter()
-            .zip(&self.stats)
-            .zip(&self.breakers)
-            .map(|((r, s), b)| (r.name.clone(), s.effective_bp, b.as_ref().map(|b| b.stats.state)))
+    fn gauges(&self) -> Vec<RouteGauges> {
+        (0..self.config.routes.len())
+            .filter_map(|i| {
+                Some(RouteGauges {
+                    name: self.config.routes.get(i)?.name.clone(),
+                    effective_bp: self.stats.get(i)?.effective_bp,
+                    breaker_state: self.breakers.get(i)?.as_ref().map(|b| b.stats.state),
+                    guard: self
+                        .guards
+                        .get(i)?
+                        .as_ref()
+                        .map(|g| (g.stats.tripped, g.key.clone())),
+                })
+            })
             .collect()
+    }
+
+    /// The share in force for route `index` at `now`: 0 while its guard is
+    /// tripped, else its percent or ramp step.
+    fn basis_points(&self, index: usize, now: u64) -> u16 {
+        match self.config.routes.get(index) {
+            Some(_) if guard::tripped(self, index) => 0,
+            Some(r) => r.basis_points_at(now),
+            None => 0,
+        }
     }
 }
 
@@ -133,21 +174,31 @@ struct Root {
 
 impl Root {
     /// Zeroes the gauges the previous configuration of this plugin set and
-    /// this one does not (a removed or renamed route, a removed breaker),
-    /// so that no dashboard or alert reads a stale value. Returns this
+    /// this one does not (a removed or renamed route, a removed breaker or
+    /// guard), so that no dashboard or alert reads a stale value, and frees
+    /// guard state no configuration uses any more. Returns this
     /// configuration's generation.
     fn take_over_gauges(&self, shared: &Shared) -> u64 {
         let now = shared.gauges();
         IN_FORCE.with(|m| {
             let mut m = m.borrow_mut();
             let entry = m.entry(self.plugin.clone()).or_default();
-            for (name, bp, state) in &entry.routes {
-                let kept = now.iter().find(|(n, _, _)| n == name);
+            for old in &entry.routes {
+                let kept = now.iter().find(|r| r.name == old.name);
                 if kept.is_none() {
-                    counters::record(*bp, 0);
+                    counters::record(old.effective_bp, 0);
                 }
-                if let (Some(state), None) = (state, kept.and_then(|k| k.2)) {
-                    counters::record(*state, 0);
+                if let (Some(state), None) = (old.breaker_state, kept.and_then(|k| k.breaker_state)) {
+                    counters::record(state, 0);
+                }
+                if let Some((tripped, key)) = &old.guard {
+                    let new = kept.and_then(|k| k.guard.as_ref());
+                    if new.is_none() {
+                        counters::record(*tripped, 0);
+                    }
+                    if new.is_none_or(|(_, k)| k != key) {
+                        guard::release(key);
+                    }
                 }
             }
             entry.generation += 1;
@@ -194,8 +245,8 @@ impl RootContext for Root {
         let shared = Shared::new(config);
         self.generation = self.take_over_gauges(&shared);
         let now = host::now_ms();
-        for (route, s) in shared.config.routes.iter().zip(&shared.stats) {
-            counters::record(s.effective_bp, u64::from(route.basis_points_at(now)));
+        for (i, s) in shared.stats.iter().enumerate() {
+            counters::record(s.effective_bp, u64::from(shared.basis_points(i, now)));
         }
         self.shared = Some(Rc::new(shared));
         let _ = hostcalls::set_tick_period(TICK);
@@ -212,14 +263,24 @@ impl RootContext for Root {
             return;
         }
         let now = host::now_ms();
-        for (route, s) in shared.config.routes.iter().zip(&shared.stats) {
-            if !route.ramp.is_empty() {
-                counters::record(s.effective_bp, u64::from(route.basis_points_at(now)));
+        for i in 0..shared.config.routes.len() {
+            if let Some((route, settings, slot)) = guard::of(shared, i) {
+                slot.tick(route, settings, &shared.counters, now);
             }
-        }
-        for i in 0..shared.breakers.len() {
             if let Some((route, settings, slot)) = breaker::of(shared, i) {
                 slot.tick(route, settings, &shared.counters, now);
+            }
+        }
+        for (i, ((route, s), g)) in shared
+            .config
+            .routes
+            .iter()
+            .zip(&shared.stats)
+            .zip(&shared.guards)
+            .enumerate()
+        {
+            if !route.ramp.is_empty() || g.is_some() {
+                counters::record(s.effective_bp, u64::from(shared.basis_points(i, now)));
             }
         }
     }

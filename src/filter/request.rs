@@ -6,7 +6,8 @@
 //! 2. Override headers are removed (when present) and a valid one forces
 //!    the side.
 //! 3. Unmatched: count it, remove a client-sent target header if any, done.
-//! 4. Matched: decide at the percent in force, ask the breaker when the
+//! 4. Matched: decide at the percent in force (0 while the route's guard is
+//!    tripped: a flag in VM memory), ask the breaker when the
 //!    service is chosen, write the target header (Envoy, ABI 0.2.1, then
 //!    re-evaluates the route, whose header match sends the request there),
 //!    count, remember what the response path needs.
@@ -109,7 +110,7 @@ impl Shift {
                 }
                 t
             }
-            None => route.decide_at(key, route.basis_points_at(now)),
+            None => route.decide_at(key, shared.basis_points(index, now)),
         };
 
         let mut admitted = None;

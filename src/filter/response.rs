@@ -1,12 +1,13 @@
 //! The response path, for requests the filter decided: `:status` (and
 //! `response.flags` for a 5xx) -> the outcome -> counters, the latency
-//! histogram, and the breaker for requests sent to the service.
+//! histogram, the guard's window, and the breaker for requests sent to the
+//! service.
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::counters::{count, record};
-use super::{breaker, host, Shift};
+use super::{breaker, guard, host, Shift};
 use crate::stats::{self, FailureOrigin};
 
 impl Shift {
@@ -44,7 +45,11 @@ impl Shift {
         }
         // One clock read serves the histogram and the breaker.
         let now = host::now_ms();
-        record(s.upstream_rq_time, now.saturating_sub(p.start_ms));
+        let latency_ms = now.saturating_sub(p.start_ms);
+        record(s.upstream_rq_time, latency_ms);
+        if let Some((_, settings, g)) = guard::of(shared, p.route) {
+            g.observe(settings, now, p.target, status, latency_ms);
+        }
 
         if let (Some(a), Some((route, settings, slot))) =
             (p.admitted, breaker::of(shared, p.route))

@@ -8,8 +8,9 @@
 //! see exactly what reached the upstream.
 //!
 //! Control (for tests, straight to the upstream, not through Envoy):
-//! `PUT /__upstream/status/<code>` and `PUT /__upstream/delay-ms/<ms>` change
-//! how every later request is answered. `--bare` (for load tests) answers
+//! `PUT /__upstream/status/<code>`, `PUT /__upstream/delay-ms/<ms>` and
+//! `PUT /__upstream/fail-every/<n>` (every n-th request answers 500; 0: off)
+//! change how every later request is answered. `--bare` (for load tests) answers
 //! with just the header and the name, to keep the upstream's CPU out of the
 //! way of what is measured.
 
@@ -33,6 +34,9 @@ struct Opts {
     listen: SocketAddr,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// Every n-th request answers 500 (0: off); `served` counts them.
+    fail_every: AtomicU64,
+    served: AtomicU64,
     threads: usize,
     bare: bool,
 }
@@ -61,6 +65,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         status: AtomicU16::new(200),
         delay_ms: AtomicU64::new(0),
+        fail_every: AtomicU64::new(0),
+        served: AtomicU64::new(0),
         threads: 2,
         bare: false,
     };
@@ -119,6 +125,10 @@ fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response
             .parse::<u64>()
             .map(|d| opts.delay_ms.store(d, Ordering::SeqCst))
             .is_ok(),
+        "fail-every" => value
+            .parse::<u64>()
+            .map(|n| opts.fail_every.store(n, Ordering::SeqCst))
+            .is_ok(),
         _ => false,
     };
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -138,7 +148,13 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let status = StatusCode::from_u16(opts.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    let mut status =
+        StatusCode::from_u16(opts.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    let every = opts.fail_every.load(Ordering::SeqCst);
+    let n = opts.served.fetch_add(1, Ordering::SeqCst) + 1;
+    if every > 0 && n % every == 0 {
+        status = StatusCode::INTERNAL_SERVER_ERROR;
+    }
     if opts.bare {
         let mut resp = Response::new(Full::new(Bytes::from(opts.name.clone())));
         *resp.status_mut() = status;
