@@ -16,6 +16,7 @@
 //!       with them); s1, s1-15 a build reading one header per host call
 //!       (`--features single-header-reads`) instead of the map in one call
 //!   e   (s) plus a breaker on the route
+//!   g   (s) plus a guard on the route (errors and latency)
 //!   s1k, e1k  (s) and (e) with 1,000 routes configured
 //! then drives each in turn with wrk (same load, interleaved rounds, so
 //! machine drift hits all alike) and reports medians, the per-round ratio
@@ -60,11 +61,16 @@ const ROUTER: &str = r#"{name: envoy.filters.http.router, typed_config: {"@type"
 /// the middle of the table, the others are prefixes and exact paths of
 /// other services.
 fn split_config(n: usize, outlier: bool) -> String {
+    split_config_with(n, if outlier { r#", "outlier": {}"# } else { "" })
+}
+
+/// As [`split_config`], with `extra` members on the route the bench hits.
+fn split_config_with(n: usize, extra: &str) -> String {
     let hit = n / 2;
     let routes: Vec<String> = (0..n)
         .map(|i| {
             if i == hit {
-                let o = if outlier { r#", "outlier": {}"# } else { "" };
+                let o = extra;
                 return format!(
                     r#"{{"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 10{o}}}"#
                 );
@@ -190,6 +196,14 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
         },
         variant("e", "traffic-shift, split + stats + breaker", e),
         variant(
+            "g",
+            "traffic-shift, split + stats + guard",
+            base.clone().with_plugin_config(&split_config_with(
+                1,
+                r#", "guard": {"max_latency_ratio": 2}"#,
+            )),
+        ),
+        variant(
             "s1k",
             "traffic-shift, split + stats, 1,000 routes",
             base.clone().with_plugin_config(&split_config(1_000, false)),
@@ -234,6 +248,7 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("split + stats vs SDK floor", "s", "d0", 0.95),
     ("split + stats vs native use_hash_policy", "s", "h", 0.90),
     ("+ breaker vs split + stats", "e", "s", 0.97),
+    ("+ guard vs split + stats", "g", "s", 0.0),
     ("p99: + breaker vs SDK floor", "p99:e", "d0", 1.10),
     ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
     ("1,000 routes vs 1: + breaker", "e1k", "e", 0.97),
