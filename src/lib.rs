@@ -7,6 +7,7 @@
 //! Where things live:
 //! - [`config`]: plugin configuration JSON -> validated [`config::Config`];
 //!   every error names its field path.
+//! - [`decision`]: why a request went where it went (traces, access logs).
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`guard`]: rolls a route back when its service does worse than the
 //!   monolith (two-proportion test, p95 ratio; injected clock).
@@ -32,6 +33,7 @@
 pub mod breaker;
 pub mod config;
 pub mod cookie;
+pub mod decision;
 pub mod guard;
 pub mod hash;
 pub mod headers;

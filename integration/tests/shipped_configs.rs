@@ -33,7 +33,9 @@ fn compose_envoy_yaml_passes_envoy_validate() {
 }
 
 /// Everything but what must differ between a native run and containers:
-/// node id, bind addresses, upstream addresses and DNS type, .wasm path.
+/// node id, bind addresses, upstream addresses and DNS type, .wasm path,
+/// and the trace exporter (the compose has a collector to export to; the
+/// native config only tags spans, for whatever provider a user adds).
 fn normalized(mut b: Bootstrap) -> Yaml {
     let root = &mut b.0;
     root["node"] = Yaml::Null;
@@ -43,6 +45,14 @@ fn normalized(mut b: Bootstrap) -> Yaml {
         .unwrap()
     {
         l["address"]["socket_address"]["address"] = Yaml::Null;
+        if let Some(t) =
+            l["filter_chains"][0]["filters"][0]["typed_config"]["tracing"].as_mapping_mut()
+        {
+            t.remove("provider");
+        }
+    }
+    if let Some(clusters) = root["static_resources"]["clusters"].as_sequence_mut() {
+        clusters.retain(|c| c["name"] != "otel_collector");
     }
     for c in root["static_resources"]["clusters"]
         .as_sequence_mut()

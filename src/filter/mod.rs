@@ -9,6 +9,7 @@
 //! - `counters.rs`: stats, counters accumulated per VM and flushed on tick;
 //! - `guard.rs`: the guard's windows and trips in shared data;
 //! - `host.rs`: the bulk header read and the clock.
+//! - `trace.rs`: the decision's reason as filter state (spans, logs).
 //!
 //! This file holds the contexts and their callbacks, each a short list of
 //! steps. A tick (1 s, per VM) flushes the counters, runs the breakers'
@@ -21,6 +22,7 @@ mod guard;
 mod host;
 mod request;
 mod response;
+mod trace;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

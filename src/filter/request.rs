@@ -18,10 +18,11 @@ use proxy_wasm::traits::HttpContext;
 use proxy_wasm::types::Action;
 
 use super::counters::count;
-use super::{breaker, host, Pending, Shift};
+use super::{breaker, host, trace, Pending, Shift};
 use crate::breaker::{Admission, OnOpen};
 use crate::config::{forced_target, HashKey, Target, DEFAULT_TARGET_HEADER};
 use crate::cookie;
+use crate::decision::Reason;
 use crate::headers::HeaderMap;
 
 /// Whether the headers are read in one host call (the shipped build) or one
@@ -112,6 +113,7 @@ impl Shift {
             }
             None => route.decide_at(key, shared.basis_points(index, now)),
         };
+        let mut reason = Reason::of(forced.is_some(), key.is_none_or(<[u8]>::is_empty));
 
         let mut admitted = None;
         if let (Target::Service, Some((route, settings, slot))) =
@@ -129,6 +131,7 @@ impl Shift {
                 None if settings.on_open == OnOpen::Fallback => {
                     count(&shared.counters, slot.stats.fallback);
                     target = Target::Monolith;
+                    reason = Reason::BreakerFallback;
                 }
                 None => {
                     count(&shared.counters, slot.stats.fast_fail);
@@ -146,6 +149,7 @@ impl Shift {
                 }
             }
         }
+        trace::publish(reason);
         self.set_http_request_header(&config.target_header, Some(config.cluster(route, target)));
         if let Some(s) = stats {
             count(&shared.counters, s.target(target).rq_total);
