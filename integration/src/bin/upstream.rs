@@ -152,7 +152,7 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
         StatusCode::from_u16(opts.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
     let every = opts.fail_every.load(Ordering::SeqCst);
     let n = opts.served.fetch_add(1, Ordering::SeqCst) + 1;
-    if every > 0 && n % every == 0 {
+    if every > 0 && n.is_multiple_of(every) {
         status = StatusCode::INTERNAL_SERVER_ERROR;
     }
     if opts.bare {
