@@ -60,7 +60,8 @@ const CONFIG: &str = r#"{"monolith": "monolith", "override": {"header": "x-shift
     {"name": "orders", "prefix": "/api/orders/", "methods": ["GET", "POST"], "service": "orders_service",
      "percent": 3.63, "salt": "orders-v1", "hash_key": {"cookie": "uid"},
      "ramp": [{"at": "2026-12-01T09:00:00Z", "percent": 10}, {"at": "2026-12-04T09:00:00Z", "percent": 50}],
-     "outlier": {"failure_rate": {}, "on_open": "reject"}},
+     "outlier": {"failure_rate": {}, "on_open": "reject"},
+     "guard": {"max_latency_ratio": 2.5, "epoch": 2}},
     {"name": "login", "path": "/login", "service": "auth_service", "percent": 0}
   ]}"#;
 
@@ -74,9 +75,11 @@ route orders: prefix /api/orders/, GET,POST -> service orders_service
   percent now: 10% (1000 bp); key: cookie uid; salt: "orders-v1"
   ramp steps ahead: 2026-12-04T09:00:00Z -> 50%
   outlier: consecutive failures 5, failure rate 50% of >= 20 requests in 10000 ms, failure statuses 500,502,503,504, ejection 30000..300000 ms, 1 half-open probe(s), on open: reject with 503
+  guard: window 30 s, at least 50 requests a side; errors: service 5xx rate above the monolith's + 2 points at 95% confidence; latency: service p95 above 2.5x the monolith's; epoch 2
 route login: path /login, any method -> service auth_service
   percent now: 0% (0 bp); key: header x-request-id; salt: ""
   outlier: off
+  guard: off
 "#;
     assert_eq!(out, want);
 }
