@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test check oci fuzz fuzz-short cargo-fuzz soak bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration clean
+.PHONY: run run-ecds-file run-ecds-grpc test check oci fuzz fuzz-short cargo-fuzz soak bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration k8s-schema k8s-schema-deps clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -33,7 +33,22 @@ run-ecds-grpc: build envoy
 	target/tools/demo --source grpc
 
 ## test: fmt check, clippy (native + wasm32), unit tests, a short fuzz run, tests against a real Envoy
-test: fmt-check clippy unit fuzz-short integration
+test: fmt-check clippy unit k8s-schema fuzz-short integration
+
+## k8s-schema: the Istio and Envoy Gateway manifests we ship against the
+## official schemas (pinned npm packages in integration/k8s-schema/);
+## a misspelt field fails
+K8S_SCHEMA       := integration/k8s-schema
+K8S_SCHEMA_STAMP := $(K8S_SCHEMA)/node_modules/.installed
+k8s-schema: k8s-schema-deps
+	node $(K8S_SCHEMA)/check.mjs envoy/istio/*.yaml envoy/gateway/*.yaml
+
+k8s-schema-deps: $(K8S_SCHEMA_STAMP)
+
+$(K8S_SCHEMA_STAMP): $(K8S_SCHEMA)/package.json $(K8S_SCHEMA)/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get install -y nodejs npm || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }; }
+	npm ci --prefix $(K8S_SCHEMA) --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## fuzz: each fuzz target (libFuzzer via cargo fuzz) for FUZZ_SECONDS (default 300)
 FUZZ_SECONDS ?= 300
@@ -99,7 +114,7 @@ clippy: wasm-target
 unit:
 	$(CARGO) test -p traffic-shift
 
-integration: build envoy
+integration: build envoy k8s-schema-deps
 	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib --features test-trap --target-dir target/trap
 	$(CARGO) build -p traffic-shift --bin traffic-shift
 	$(CARGO) test -p integration
