@@ -266,26 +266,34 @@ pub struct Trip {
     pub service: Counts,
 }
 
+/// `n / d` as a percentage with one decimal, without float formatting
+/// (which would add tens of KB to the .wasm).
+fn percent_1(n: u32, d: u32) -> String {
+    let permille = (u64::from(n) * 1000 + u64::from(d.max(1)) / 2) / u64::from(d.max(1));
+    format!("{}.{} %", permille / 10, permille % 10)
+}
+
 impl fmt::Display for Trip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (s, m) = (&self.service, &self.monolith);
+        let ms = |c: &Counts| c.p95_ms().unwrap_or(0.0).round() as u64;
         match self.reason {
             Reason::Errors => write!(
                 f,
-                "service {}/{} 5xx ({:.1} %), monolith {}/{} 5xx ({:.1} %)",
+                "service {}/{} 5xx ({}), monolith {}/{} 5xx ({})",
                 s.errors,
                 s.requests,
-                100.0 * s.error_rate(),
+                percent_1(s.errors, s.requests),
                 m.errors,
                 m.requests,
-                100.0 * m.error_rate()
+                percent_1(m.errors, m.requests)
             ),
             Reason::Latency => write!(
                 f,
                 "service p95 {} ms ({} requests), monolith p95 {} ms ({} requests)",
-                s.p95_ms().unwrap_or(0.0).round(),
+                ms(s),
                 s.requests,
-                m.p95_ms().unwrap_or(0.0).round(),
+                ms(m),
                 m.requests
             ),
         }
@@ -604,6 +612,18 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "service 12/80 5xx (15.0 %), monolith 3/400 5xx (0.8 %)"
+        );
+        let mut w = Window::default();
+        let s = Settings {
+            max_latency_ratio: Some(2.0),
+            ..s
+        };
+        fill(&mut w, &s, T0, Side::Monolith, 100, 0, 20);
+        fill(&mut w, &s, T0, Side::Service, 100, 0, 60);
+        let t = evaluate(&s, &w.totals(s.window_s, T0)).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "service p95 64 ms (100 requests), monolith p95 23 ms (100 requests)"
         );
     }
 }

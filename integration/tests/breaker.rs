@@ -323,3 +323,47 @@ async fn monolith_failures_never_open_the_service_breaker() {
         0.0
     );
 }
+
+/// The failure-rate trigger with two workers: each counts in its own
+/// window and merges on its 1 s tick, so the rate is judged on the other
+/// worker's outcomes up to one tick late. The documented bound: at most
+/// `min_requests` plus R x (N - 1) / N x 1 s requests reach a failing
+/// service (R = 50 requests/s here, N = 2 workers: 20 + 25), against exactly
+/// `min_requests` with a strictly shared window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_rate_with_two_workers_opens_within_one_tick_of_the_merged_window() {
+    let stack = Stack::start_on(
+        &config(
+            r#"{"consecutive_failures": 0, "base_ejection_ms": 60000,
+                "failure_rate": {"threshold_percent": 50, "min_requests": 20, "window_ms": 10000}}"#,
+        ),
+        2,
+        stack_upstreams(Upstream::with_status("auth_service", 500)),
+    )
+    .await;
+    let c = fresh_connections();
+    let mut service_5xx = 0;
+    let mut monolith_ok = 0;
+    let start = Instant::now();
+    for i in 0..150u32 {
+        // 50 requests/s.
+        let due = start + Duration::from_millis(20 * u64::from(i));
+        tokio::time::sleep_until(due.into()).await;
+        let s = send(&c, "GET", &stack.envoy.url("/auth/x"), &[]).await;
+        match (s.served_by.as_deref(), s.status) {
+            (Some("auth_service"), 500) => service_5xx += 1,
+            (Some("monolith"), 200) => monolith_ok += 1,
+            other => panic!("request {i}: unexpected {other:?}"),
+        }
+    }
+    eprintln!("failure rate, 2 workers: {service_5xx} requests reached the failing service");
+    // A tick is 1 s per VM; the bound gets 5 requests (0.1 s) of slack for
+    // tick jitter on a loaded machine.
+    assert!(
+        (20..=20 + 25 + 5).contains(&service_5xx),
+        "{service_5xx} requests reached the failing service"
+    );
+    assert_eq!(service_5xx + monolith_ok, 150);
+    let m = stack.envoy.metrics().await;
+    assert_eq!(m.get("traffic_shift_breaker_opened", &[("route", "auth")]), 1.0);
+}
