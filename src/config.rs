@@ -14,6 +14,7 @@ use crate::guard;
 use crate::hash;
 use crate::ramp::{self, Step};
 use crate::routes::{Matcher, PathMatch, RouteTable};
+use crate::shadow;
 
 mod json;
 
@@ -60,6 +61,8 @@ pub struct Route {
     pub ramp: Vec<Step>,
     /// Rollback when the service does worse than the monolith; `None`: off.
     pub guard: Option<guard::Settings>,
+    /// Shadow compare against the side not chosen; `None`: off.
+    pub shadow: Option<shadow::Settings>,
 }
 
 /// The QA override: a request carrying `header: service|monolith` (and,
@@ -512,7 +515,7 @@ fn parse_route(
         path,
         &[
             "name", "prefix", "path", "methods", "service", "percent", "salt", "hash_key",
-            "outlier", "ramp", "guard",
+            "outlier", "ramp", "guard", "shadow",
         ],
         errs,
     )?;
@@ -596,7 +599,13 @@ fn parse_route(
         Some(g) => parse_guard(g, &obj.path("guard"), errs).map(Some),
     };
 
+    let shadow = match obj.get("shadow") {
+        None => Some(None),
+        Some(s) => parse_shadow(s, &obj.path("shadow"), errs).map(Some),
+    };
+
     Some(Route {
+        shadow: shadow?,
         guard: guard?,
         ramp: ramp?,
         outlier: outlier?,
@@ -889,6 +898,114 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
     })
 }
 
+fn parse_shadow(v: &Json, path: &str, errs: &mut Errors) -> Option<shadow::Settings> {
+    let obj = Obj::new(
+        v,
+        path,
+        &[
+            "percent",
+            "methods",
+            "compare_headers",
+            "compare_body",
+            "timeout_ms",
+            "max_body_bytes",
+            "max_in_flight",
+        ],
+        errs,
+    )?;
+    let basis_points = match obj.get("percent") {
+        None => {
+            errs.push(obj.path("percent"), "is required");
+            None
+        }
+        Some(p) => parse_percent(p, &obj.path("percent"), errs),
+    };
+    let methods = match obj.get("methods") {
+        None => Some(shadow::DEFAULT_METHODS.map(String::from).to_vec()),
+        Some(m) => {
+            let at = obj.path("methods");
+            non_empty_array(m, &at, "leave it out for GET and HEAD", errs)
+                .and_then(|_| parse_methods(m, &at, errs))
+        }
+    };
+    let compare_headers = match obj.get("compare_headers") {
+        None => Some(Vec::new()),
+        Some(Json::Array(items)) => {
+            let mut out: Vec<String> = Vec::new();
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("{}[{i}]", obj.path("compare_headers"));
+                let name = match item {
+                    Json::String(h) => header_name(h, &at, errs),
+                    other => {
+                        errs.push(
+                            at.as_str(),
+                            format!("must be a string, got {}", other.kind()),
+                        );
+                        None
+                    }
+                };
+                match name {
+                    Some(n) if n.starts_with(':') => {
+                        errs.push(
+                            at,
+                            format!(
+                                "must not be a pseudo-header (the status is always compared), got \"{n}\""
+                            ),
+                        );
+                        ok = false;
+                    }
+                    Some(n) => {
+                        if let Some(first) = out.iter().position(|o| *o == n) {
+                            errs.push(
+                                at,
+                                format!(
+                                    "duplicate header \"{n}\" (first listed at {}[{first}])",
+                                    obj.path("compare_headers")
+                                ),
+                            );
+                            ok = false;
+                        }
+                        out.push(n);
+                    }
+                    None => ok = false,
+                }
+            }
+            ok.then_some(out)
+        }
+        Some(other) => {
+            errs.push(
+                obj.path("compare_headers"),
+                format!("must be an array, got {}", other.kind()),
+            );
+            None
+        }
+    };
+    let compare_body = match obj.get("compare_body") {
+        None => Some(false),
+        Some(Json::Bool(b)) => Some(*b),
+        Some(other) => {
+            errs.push(
+                obj.path("compare_body"),
+                format!("must be true or false, got {other}"),
+            );
+            None
+        }
+    };
+    let timeout = uint(&obj, "timeout_ms", 1, 60_000, errs);
+    let max_body = uint(&obj, "max_body_bytes", 0, 16_777_216, errs);
+    let max_in_flight = uint(&obj, "max_in_flight", 1, 10_000, errs);
+    Some(shadow::Settings {
+        basis_points: basis_points?,
+        methods: methods?,
+        compare_headers: compare_headers?,
+        compare_body: compare_body?,
+        timeout_ms: timeout?.map_or(shadow::DEFAULT_TIMEOUT_MS, |n| n as u32),
+        max_body_bytes: max_body?.map_or(shadow::DEFAULT_MAX_BODY_BYTES, |n| n as u32),
+        max_in_flight: max_in_flight?.map_or(shadow::DEFAULT_MAX_IN_FLIGHT, |n| n as u32),
+    })
+}
+
 /// Percent (0..=100, at most two decimals) -> basis points.
 fn parse_percent(v: &Json, path: &str, errs: &mut Errors) -> Option<u16> {
     let Json::Number(text) = v else {
@@ -1053,7 +1170,7 @@ fn header_name(s: &str, path: &str, errs: &mut Errors) -> Option<String> {
 /// Headers the filter must never write or remove, with why. The target and
 /// override headers are removed from client requests (and the target one
 /// overwritten with a cluster name): either would destroy what these carry.
-const NOT_OWNED: [(&str, &str); 10] = [
+const NOT_OWNED: [(&str, &str); 11] = [
     ("authorization", "it carries the client's credentials"),
     ("proxy-authorization", "it carries the client's credentials"),
     ("cookie", "it carries the client's cookies"),
@@ -1067,6 +1184,10 @@ const NOT_OWNED: [(&str, &str); 10] = [
     ("connection", "it is a hop-by-hop header"),
     ("te", "it is a hop-by-hop header"),
     ("upgrade", "it is a hop-by-hop header"),
+    (
+        crate::shadow::SHADOW_HEADER,
+        "it marks the filter's shadow requests",
+    ),
 ];
 
 /// A header the filter owns (`target_header`, `override.header`): a header

@@ -15,6 +15,7 @@
 //! - [`headers`]: the request headers as one serialized map, read in place.
 //! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
+//! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts).
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
 //! - `filter/` (wasm32 only): the thin proxy-wasm glue mapping host calls to
@@ -39,6 +40,7 @@ pub mod hash;
 pub mod headers;
 pub mod ramp;
 pub mod routes;
+pub mod shadow;
 pub mod stats;
 
 #[cfg(target_arch = "wasm32")]

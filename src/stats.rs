@@ -42,6 +42,10 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
         "reason",
         r"^wasmcustom\.traffic_shift\..+(\.reason\.(errors|latency))$",
     ),
+    (
+        "result",
+        r"^wasmcustom\.traffic_shift\..+(\.result\.(match|status|header|body|timeout|error|skipped))$",
+    ),
 ];
 
 /// What a metric is, for the host's `define_metric`.
@@ -192,6 +196,28 @@ impl<Id> GuardStats<Id> {
             trips_errors: define(Kind::Counter, &format!("{g}.trips.reason.errors")),
             trips_latency: define(Kind::Counter, &format!("{g}.trips.reason.latency")),
         }
+    }
+}
+
+/// The shadow stats of a route that has `shadow` configured: one counter
+/// per result (`traffic_shift_shadow{route,result}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowStats<Id> {
+    /// Index = [`crate::shadow::Verdict::index`].
+    pub results: [Id; 7],
+}
+
+impl<Id> ShadowStats<Id> {
+    pub fn define(route: &str, define: &mut impl FnMut(Kind, &str) -> Id) -> Self {
+        let base = format!("{PREFIX}.route.{route}.shadow.result");
+        ShadowStats {
+            results: crate::shadow::Verdict::ALL
+                .map(|v| define(Kind::Counter, &format!("{base}.{}", v.as_str()))),
+        }
+    }
+
+    pub fn result(&self, v: crate::shadow::Verdict) -> Option<&Id> {
+        self.results.get(v.index())
     }
 }
 

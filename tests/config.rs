@@ -94,7 +94,7 @@ fn first_slice_error_list_exact_messages() {
         ),
         (
             route(&format!(r#"{OK_ROUTE}, "prcent": 20"#)),
-            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp, guard"],
+            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp, guard, shadow"],
         ),
         (
             r#"{"monolith": "m", "hash_key": {"header": "x-id", "hdr": "x"}}"#.into(),
@@ -849,7 +849,11 @@ fn guard_key_changes_with_what_clears_a_trip_only() {
     let other = r#", {"name": "o", "prefix": "/o/", "service": "o", "percent": 50}"#;
     assert_eq!(key(OK_ROUTE, "{}", other), base);
     assert_eq!(
-        key(&format!(r#"{OK_ROUTE}, "outlier": {{}}, "hash_key": {{"header": "x-user-id"}}"#), "{}", ""),
+        key(
+            &format!(r#"{OK_ROUTE}, "outlier": {{}}, "hash_key": {{"header": "x-user-id"}}"#),
+            "{}",
+            ""
+        ),
         base
     );
     // Cleared: percent, salt, service, ramp, guard settings, epoch.
@@ -913,6 +917,126 @@ fn guard_errors_exact_messages() {
         (
             g(r#"{"epoch": -1}"#),
             vec!["routes[0].guard.epoch: must be an integer between 0 and 4294967295, got -1"],
+        ),
+    ];
+    for (json, want) in cases {
+        assert_eq!(errors(&json), want, "{json}");
+    }
+}
+
+#[test]
+fn shadow_defaults_and_overrides() {
+    use traffic_shift::shadow::Settings;
+    let c = Config::from_json(route(OK_ROUTE).as_bytes()).unwrap();
+    assert_eq!(c.routes[0].shadow, None, "no shadow object: no shadow");
+
+    let c =
+        Config::from_json(route(&format!(r#"{OK_ROUTE}, "shadow": {{"percent": 5}}"#)).as_bytes())
+            .unwrap();
+    assert_eq!(
+        c.routes[0].shadow,
+        Some(Settings {
+            basis_points: 500,
+            methods: vec!["GET".into(), "HEAD".into()],
+            compare_headers: vec![],
+            compare_body: false,
+            timeout_ms: 1000,
+            max_body_bytes: 65536,
+            max_in_flight: 64,
+        })
+    );
+
+    let c = Config::from_json(
+        route(&format!(
+            r#"{OK_ROUTE}, "shadow": {{"percent": 0.25, "methods": ["GET", "POST"],
+               "compare_headers": ["Content-Type", "etag"], "compare_body": true,
+               "timeout_ms": 250, "max_body_bytes": 0, "max_in_flight": 1}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].shadow,
+        Some(Settings {
+            basis_points: 25,
+            methods: vec!["GET".into(), "POST".into()],
+            compare_headers: vec!["content-type".into(), "etag".into()],
+            compare_body: true,
+            timeout_ms: 250,
+            max_body_bytes: 0,
+            max_in_flight: 1,
+        })
+    );
+}
+
+#[test]
+fn shadow_errors_exact_messages() {
+    let s = |body: &str| route(&format!(r#"{OK_ROUTE}, "shadow": {body}"#));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (s("true"), vec!["routes[0].shadow: must be an object, got boolean"]),
+        (s("{}"), vec!["routes[0].shadow.percent: is required"]),
+        (
+            s(r#"{"percent": 5, "method": ["GET"]}"#),
+            vec!["routes[0].shadow.method: unknown field; expected one of: percent, methods, compare_headers, compare_body, timeout_ms, max_body_bytes, max_in_flight"],
+        ),
+        (
+            s(r#"{"percent": 101}"#),
+            vec!["routes[0].shadow.percent: must be between 0 and 100, got 101"],
+        ),
+        (
+            s(r#"{"percent": 5.001}"#),
+            vec!["routes[0].shadow.percent: must have at most two decimals, got 5.001"],
+        ),
+        (
+            s(r#"{"percent": "5"}"#),
+            vec!["routes[0].shadow.percent: must be a number, got string"],
+        ),
+        (
+            s(r#"{"percent": 5, "methods": []}"#),
+            vec!["routes[0].shadow.methods: must not be empty (leave it out for GET and HEAD)"],
+        ),
+        (
+            s(r#"{"percent": 5, "methods": ["get"]}"#),
+            vec![r#"routes[0].shadow.methods[0]: must be an HTTP method in upper case, such as GET, got "get""#],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_headers": "content-type"}"#),
+            vec!["routes[0].shadow.compare_headers: must be an array, got string"],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_headers": [":status"]}"#),
+            vec![r#"routes[0].shadow.compare_headers[0]: must not be a pseudo-header (the status is always compared), got ":status""#],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_headers": ["etag", "a b", "ETag"]}"#),
+            vec![
+                r#"routes[0].shadow.compare_headers[1]: must be an HTTP header name, got "a b""#,
+                r#"routes[0].shadow.compare_headers[2]: duplicate header "etag" (first listed at routes[0].shadow.compare_headers[0])"#,
+            ],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_headers": [7]}"#),
+            vec!["routes[0].shadow.compare_headers[0]: must be a string, got number"],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_body": "yes"}"#),
+            vec![r#"routes[0].shadow.compare_body: must be true or false, got "yes""#],
+        ),
+        (
+            s(r#"{"percent": 5, "timeout_ms": 0}"#),
+            vec!["routes[0].shadow.timeout_ms: must be an integer between 1 and 60000, got 0"],
+        ),
+        (
+            s(r#"{"percent": 5, "max_body_bytes": 16777217}"#),
+            vec!["routes[0].shadow.max_body_bytes: must be an integer between 0 and 16777216, got 16777217"],
+        ),
+        (
+            s(r#"{"percent": 5, "max_in_flight": 0}"#),
+            vec!["routes[0].shadow.max_in_flight: must be an integer between 1 and 10000, got 0"],
+        ),
+        (
+            r#"{"monolith": "m", "target_header": "x-shift-shadow"}"#.to_string(),
+            vec![r#"target_header: must not be "x-shift-shadow" (it marks the filter's shadow requests)"#],
         ),
     ];
     for (json, want) in cases {
