@@ -115,8 +115,10 @@ impl Route {
     /// keeps it.
     pub fn guard_key(&self) -> Option<String> {
         let g = self.guard.as_ref()?;
+        // Floats by their bits: formatting them would add float printing
+        // to the .wasm.
         let id = guard::identity(&format!(
-            "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}",
+            "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
             self.name,
             self.service,
             self.basis_points,
@@ -124,9 +126,9 @@ impl Route {
             self.salt,
             g.window_s,
             g.min_requests,
-            g.max_error_rate_increase,
-            g.confidence,
-            g.max_latency_ratio,
+            g.max_error_rate_increase.to_bits(),
+            g.confidence.to_bits(),
+            g.max_latency_ratio.map_or(0, f64::to_bits),
             g.epoch
         ));
         Some(format!("traffic_shift.guard.{}.{id:016x}", self.name))
@@ -837,7 +839,7 @@ fn number(
         return Some(None);
     };
     let n = match v {
-        Json::Number(text) => text.parse::<f64>().ok(),
+        Json::Number(text) => plain_decimal(text),
         _ => None,
     };
     match n.filter(|n| n.is_finite() && ok(*n)) {
@@ -847,6 +849,28 @@ fn number(
             None
         }
     }
+}
+
+/// A plain decimal (`2`, `0.02`, `-1.5`; no exponent) as f64, parsed by
+/// hand: the standard float parser adds tens of KB to the .wasm.
+fn plain_decimal(text: &str) -> Option<f64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() || int.len() + frac.len() > 18 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        mantissa = mantissa * 10 + u64::from(b - b'0');
+    }
+    let n = mantissa as f64 / 10f64.powi(frac.len() as i32);
+    Some(if negative { -n } else { n })
 }
 
 fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Settings> {
