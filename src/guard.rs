@@ -27,6 +27,8 @@
 
 use std::fmt;
 
+use crate::wire::Reader;
+
 /// Guard settings of one route (validated by `config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -429,11 +431,11 @@ impl State {
             2 => Some(Reason::Latency),
             _ => return None,
         };
-        let window = if r.0.is_empty() {
+        let window = if r.is_empty() {
             Window::default()
         } else {
             let w = Window::decode_from(&mut r)?;
-            if !r.0.is_empty() {
+            if !r.is_empty() {
                 return None;
             }
             w
@@ -447,25 +449,6 @@ impl State {
 /// guard settings (epoch included).
 pub fn identity(parts: &str) -> u64 {
     crate::hash::fnv64(parts.as_bytes())
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.0.split_first_chunk::<N>()?;
-        self.0 = rest;
-        Some(*head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take::<4>().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take::<8>().map(u64::from_le_bytes)
-    }
 }
 
 #[cfg(test)]

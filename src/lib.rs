@@ -46,6 +46,7 @@ pub mod ramp;
 pub mod routes;
 pub mod shadow;
 pub mod stats;
+mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
