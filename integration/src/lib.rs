@@ -776,6 +776,24 @@ impl EcdsFile {
         std::fs::rename(&tmp, self.dir.path().join(Self::FILE)).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Writes `plugin_json` as `version` and waits until Envoy applied it on
+    /// every worker (`update_success` moved, then `config_reload`; a refused
+    /// update moves `config_reload` too, so it alone proves nothing).
+    pub async fn apply(&self, envoy: &Envoy, version: &str, plugin_json: &str) {
+        const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
+        let reloads = envoy.counter(&format!("{ECDS}.config_reload")).await;
+        let accepted = envoy.counter(&format!("{ECDS}.update_success")).await;
+        self.write(version, plugin_json);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while envoy.counter(&format!("{ECDS}.update_success")).await <= accepted {
+            assert!(Instant::now() < deadline, "Envoy never applied {version}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        envoy
+            .wait_counter(&format!("{ECDS}.config_reload"), reloads + 1)
+            .await;
+    }
+
     /// `envoy/envoy-ecds-file.yaml` prepared for a test, watching this
     /// directory.
     pub fn bootstrap(&self) -> Bootstrap {

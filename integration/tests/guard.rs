@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use integration::{client, random_ids, EcdsFile, Metrics, Stack, Upstream};
 
-const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
-
 fn config(guard: &str, other_percent: u32) -> String {
     format!(
         r#"{{"monolith": "monolith", "routes": [
@@ -88,20 +86,6 @@ async fn until_tripped(stack: &Stack, limit: Duration) -> Option<Duration> {
     None
 }
 
-async fn apply(stack: &Stack, ecds: &EcdsFile, version: &str, json: &str) {
-    let e = &stack.envoy;
-    let reloads = e.counter(&format!("{ECDS}.config_reload")).await;
-    let accepted = e.counter(&format!("{ECDS}.update_success")).await;
-    ecds.write(version, json);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while e.counter(&format!("{ECDS}.update_success")).await <= accepted {
-        assert!(Instant::now() < deadline, "Envoy never applied {version}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    e.wait_counter(&format!("{ECDS}.config_reload"), reloads + 1)
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_failing_ten_percent_is_rolled_back_and_stays_until_the_epoch_changes() {
     let guard = r#"{"window_s": 10, "min_requests": 50}"#;
@@ -123,7 +107,7 @@ async fn a_service_failing_ten_percent_is_rolled_back_and_stays_until_the_epoch_
     assert_eq!(traffic(&stack, 200).await, 0);
 
     // An update of another route keeps the trip.
-    apply(&stack, &ecds, "v2", &config(guard, 20)).await;
+    ecds.apply(&stack.envoy, "v2", &config(guard, 20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(traffic(&stack, 200).await, 0);
     let m = stack.envoy.metrics().await;
@@ -131,9 +115,8 @@ async fn a_service_failing_ten_percent_is_rolled_back_and_stays_until_the_epoch_
 
     // Bumping the epoch clears it.
     stack.upstreams[1].set("fail-every", 0).await;
-    apply(
-        &stack,
-        &ecds,
+    ecds.apply(
+        &stack.envoy,
         "v3",
         &config(r#"{"window_s": 10, "min_requests": 50, "epoch": 1}"#, 20),
     )

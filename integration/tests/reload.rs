@@ -3,32 +3,15 @@
 //! the gauges of a removed route or breaker read 0 instead of their last
 //! value.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration::{send, EcdsFile, Stack, Upstream};
-
-const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
 
 fn fresh_connections() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
-}
-
-/// Writes `json` as `version` and waits until every worker has it.
-async fn apply(stack: &Stack, ecds: &EcdsFile, version: &str, json: &str) {
-    let e = &stack.envoy;
-    let reloads = e.counter(&format!("{ECDS}.config_reload")).await;
-    let accepted = e.counter(&format!("{ECDS}.update_success")).await;
-    ecds.write(version, json);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while e.counter(&format!("{ECDS}.update_success")).await <= accepted {
-        assert!(Instant::now() < deadline, "Envoy never applied {version}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    e.wait_counter(&format!("{ECDS}.config_reload"), reloads + 1)
-        .await;
 }
 
 /// Sends `n` requests to `/auth/x`; how many the service answered.
@@ -85,9 +68,7 @@ async fn an_open_breaker_stays_open_when_its_settings_change() {
     .await;
     assert_eq!(to_service(&stack, 20).await, 3, "3 failures open it");
 
-    apply(
-        &stack,
-        &ecds,
+    ecds.apply(&stack.envoy,
         "v2",
         &config(&[auth(
             r#", "outlier": {"consecutive_failures": 4, "base_ejection_ms": 90000, "half_open_probes": 2}"#,
@@ -100,8 +81,14 @@ async fn an_open_breaker_stays_open_when_its_settings_change() {
         "the breaker of (auth, auth_service) is still open"
     );
     let m = stack.envoy.metrics().await;
-    assert_eq!(m.get("traffic_shift_breaker_state", &[("route", "auth")]), 1.0);
-    assert_eq!(m.get("traffic_shift_breaker_opened", &[("route", "auth")]), 1.0);
+    assert_eq!(
+        m.get("traffic_shift_breaker_state", &[("route", "auth")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("traffic_shift_breaker_opened", &[("route", "auth")]),
+        1.0
+    );
 }
 
 /// Issue 15, defect 6: a removed route, or a route whose breaker was
@@ -109,7 +96,8 @@ async fn an_open_breaker_stays_open_when_its_settings_change() {
 /// for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_of_removed_routes_and_breakers_read_zero() {
-    let orders = r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50}"#;
+    let orders =
+        r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50}"#;
     let (stack, ecds) = failing_service_stack(&config(&[
         auth(r#", "outlier": {"consecutive_failures": 3, "base_ejection_ms": 60000}"#),
         orders.to_string(),
@@ -117,18 +105,24 @@ async fn gauges_of_removed_routes_and_breakers_read_zero() {
     .await;
     assert_eq!(to_service(&stack, 10).await, 3);
     let m = stack.envoy.metrics().await;
-    assert_eq!(m.get("traffic_shift_breaker_state", &[("route", "auth")]), 1.0);
+    assert_eq!(
+        m.get("traffic_shift_breaker_state", &[("route", "auth")]),
+        1.0
+    );
     assert_eq!(
         m.get("traffic_shift_effective_percent_bp", &[("route", "orders")]),
         5000.0
     );
 
     // The breaker and the orders route go.
-    apply(&stack, &ecds, "v2", &config(&[auth("")])).await;
+    ecds.apply(&stack.envoy, "v2", &config(&[auth("")])).await;
     // Old root contexts may tick a little longer: give them two ticks.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = stack.envoy.metrics().await;
-    assert_eq!(m.get("traffic_shift_breaker_state", &[("route", "auth")]), 0.0);
+    assert_eq!(
+        m.get("traffic_shift_breaker_state", &[("route", "auth")]),
+        0.0
+    );
     assert_eq!(
         m.get("traffic_shift_effective_percent_bp", &[("route", "orders")]),
         0.0
