@@ -26,6 +26,8 @@
 
 use std::collections::HashMap;
 
+use crate::config::Target;
+
 /// Request header every shadow request carries (`x-shift-shadow: 1`).
 pub const SHADOW_HEADER: &str = "x-shift-shadow";
 
@@ -208,11 +210,27 @@ pub enum ShadowEnd {
     Failed,
 }
 
-/// How a call's answer reads: Envoy answers a call that ran out of time
-/// with its own `504` (or, on a reset, with no headers at all).
-pub fn call_timed_out(status: Option<u16>, elapsed_ms: u64, timeout_ms: u32) -> bool {
-    matches!(status, None | Some(504)) && elapsed_ms >= u64::from(timeout_ms)
+/// The body of the `504` Envoy answers a call that ran out of time with.
+pub const TIMEOUT_BODY: &[u8] = b"upstream request timeout";
+
+/// Whether a call ran out of time: Envoy's own `504` with its timeout body
+/// (`body` is read only for a 504 of that length), or no answer at all
+/// (a reset) once the deadline passed. A service's own 504 is a status.
+pub fn call_timed_out(
+    status: Option<u16>,
+    body: Option<&[u8]>,
+    elapsed_ms: u64,
+    timeout_ms: u32,
+) -> bool {
+    match status {
+        Some(504) => body == Some(TIMEOUT_BODY),
+        Some(_) => false,
+        None => elapsed_ms >= u64::from(timeout_ms),
+    }
 }
+
+/// A response header's value (`None`: absent).
+pub type HeaderValue = Option<Vec<u8>>;
 
 /// The details of a mismatch, for the log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +239,7 @@ pub struct Mismatch {
     pub shadow_status: u16,
     /// The first listed header whose values differ: name, primary value,
     /// shadow value.
-    pub header: Option<(String, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pub header: Option<(String, HeaderValue, HeaderValue)>,
     pub primary_body_len: u64,
     pub shadow_body_len: u64,
 }
@@ -267,6 +285,8 @@ pub fn judge(names: &[String], p: &PrimaryEnd, s: &ShadowEnd) -> (Verdict, Optio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub route: usize,
+    /// The side that served the client.
+    pub primary: Target,
     pub verdict: Verdict,
     pub mismatch: Option<Mismatch>,
     /// `METHOD /path` (no query), for the log line.
@@ -275,6 +295,8 @@ pub struct Finished {
 
 struct Entry {
     route: usize,
+    primary_side: Target,
+    started_ms: u64,
     request: String,
     primary: Option<PrimaryEnd>,
     shadow: Option<ShadowEnd>,
@@ -319,8 +341,16 @@ impl Table {
         self.entries.is_empty()
     }
 
-    /// Step 1: the shadow call `token` of route `route` is out.
-    pub fn start(&mut self, token: u32, route: usize, request: String) {
+    /// Step 1: the shadow call `token` of route `route` is out at
+    /// `now_ms`; `primary` serves the client.
+    pub fn start(
+        &mut self,
+        token: u32,
+        route: usize,
+        primary: Target,
+        request: String,
+        now_ms: u64,
+    ) {
         if let Some(n) = self.in_flight.get_mut(route) {
             *n += 1;
         }
@@ -328,11 +358,19 @@ impl Table {
             token,
             Entry {
                 route,
+                primary_side: primary,
+                started_ms: now_ms,
                 request,
                 primary: None,
                 shadow: None,
             },
         );
+    }
+
+    /// The route and start time of a shadow whose answer is still awaited.
+    pub fn awaiting(&self, token: u32) -> Option<(usize, u64)> {
+        let e = self.entries.get(&token)?;
+        e.shadow.is_none().then_some((e.route, e.started_ms))
     }
 
     /// Step 2 (or 4): the primary of `token` ended.
@@ -369,6 +407,7 @@ impl Table {
         let e = self.entries.remove(&token)?;
         Some(Finished {
             route: e.route,
+            primary: e.primary_side,
             verdict,
             mismatch,
             request: e.request,
@@ -382,6 +421,7 @@ impl Table {
         for (_, e) in self.entries.drain() {
             out.push(Finished {
                 route: e.route,
+                primary: e.primary_side,
                 verdict: if e.shadow.is_some() {
                     Verdict::Skipped
                 } else {
@@ -577,7 +617,7 @@ mod tests {
         let mut t = Table::new(vec![vec![], names()]);
         let ok = || answer(200, &[None, None], Some("x"));
         // Primary first, then the shadow.
-        t.start(7, 1, "GET /a".into());
+        t.start(7, 1, Target::Monolith, "GET /a".into(), 0);
         assert_eq!(t.in_flight(1), 1);
         assert_eq!(t.primary_done(7, PrimaryEnd::Answered(ok())), None);
         assert_eq!(t.in_flight(1), 1, "the shadow is still out");
@@ -591,7 +631,7 @@ mod tests {
 
         // Shadow first: the call no longer counts in flight while its
         // primary streams on.
-        t.start(8, 1, "GET /b".into());
+        t.start(8, 1, Target::Monolith, "GET /b".into(), 0);
         assert_eq!(t.shadow_done(8, ShadowEnd::TimedOut), None);
         assert_eq!(t.in_flight(1), 0);
         let f = t.primary_done(8, PrimaryEnd::Answered(ok())).unwrap();
@@ -599,7 +639,7 @@ mod tests {
         assert_eq!(t.primary_done(8, PrimaryEnd::Incomplete), None);
 
         // A primary that never completes.
-        t.start(9, 1, "GET /c".into());
+        t.start(9, 1, Target::Monolith, "GET /c".into(), 0);
         assert_eq!(t.primary_done(9, PrimaryEnd::Incomplete), None);
         assert_eq!(
             t.shadow_done(9, ShadowEnd::Answered(ok())).unwrap().verdict,
@@ -612,8 +652,8 @@ mod tests {
     fn the_cap_counts_calls_out_per_route() {
         let mut t = Table::new(vec![vec![], vec![]]);
         assert!(t.admits(0, 2));
-        t.start(1, 0, String::new());
-        t.start(2, 0, String::new());
+        t.start(1, 0, Target::Monolith, String::new(), 0);
+        t.start(2, 0, Target::Monolith, String::new(), 0);
         assert!(!t.admits(0, 2));
         assert!(t.admits(1, 2), "another route's cap is its own");
         assert!(!t.admits(5, 2), "no such route");
@@ -624,8 +664,8 @@ mod tests {
     #[test]
     fn abandoned_shadows_end_as_errors() {
         let mut t = Table::new(vec![vec![]]);
-        t.start(1, 0, String::new());
-        t.start(2, 0, String::new());
+        t.start(1, 0, Target::Monolith, String::new(), 0);
+        t.start(2, 0, Target::Monolith, String::new(), 0);
         t.shadow_done(2, ShadowEnd::Answered(answer(200, &[], None)));
         let mut v: Vec<Verdict> = t.abandon().iter().map(|f| f.verdict).collect();
         v.sort_by_key(|v| v.index());
@@ -659,10 +699,14 @@ mod tests {
 
     #[test]
     fn timeouts_are_envoys_504_or_a_reset_after_the_deadline() {
-        assert!(call_timed_out(Some(504), 1000, 1000));
-        assert!(call_timed_out(None, 1200, 1000));
-        assert!(!call_timed_out(Some(504), 10, 1000), "a 504 of the service");
-        assert!(!call_timed_out(Some(200), 5000, 1000));
+        assert!(call_timed_out(Some(504), Some(TIMEOUT_BODY), 199, 200));
+        assert!(call_timed_out(None, None, 1200, 1000));
+        assert!(!call_timed_out(None, None, 10, 1000), "a reset: error");
+        assert!(
+            !call_timed_out(Some(504), Some(b"gateway"), 1000, 1000),
+            "the service's 504"
+        );
+        assert!(!call_timed_out(Some(200), None, 5000, 1000));
     }
 
     #[test]
@@ -675,6 +719,7 @@ mod tests {
 
         let f = Finished {
             route: 0,
+            primary: Target::Monolith,
             verdict: Verdict::Status,
             mismatch: Some(Mismatch {
                 primary_status: 200,

@@ -10,6 +10,7 @@
 //! - `guard.rs`: the guard's windows and trips in shared data;
 //! - `host.rs`: the bulk header read and the clock.
 //! - `trace.rs`: the decision's reason as filter state (spans, logs).
+//! - `shadow.rs`: shadow calls to the side not chosen, their answers.
 //!
 //! This file holds the contexts and their callbacks, each a short list of
 //! steps. A tick (1 s, per VM) flushes the counters, runs the breakers'
@@ -22,6 +23,7 @@ mod guard;
 mod host;
 mod request;
 mod response;
+mod shadow;
 mod trace;
 
 use std::cell::RefCell;
@@ -39,8 +41,8 @@ use counters::Metric;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { shared: None, plugin: String::new(), generation: 0 })
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root { id, shared: None, plugin: String::new(), generation: 0 })
     });
 }}
 
@@ -59,11 +61,13 @@ pub(crate) struct Shared {
     guards: Vec<Option<guard::Slot>>,
     unmatched: Metric,
     counters: LocalCounters,
+    shadows: shadow::Shadows,
 }
 
 impl Drop for Shared {
     /// Counts of requests that finished after the last tick.
     fn drop(&mut self) {
+        shadow::abandon(self);
         counters::flush(&self.counters);
     }
 }
@@ -91,7 +95,7 @@ thread_local! {
 }
 
 impl Shared {
-    fn new(config: Config) -> Shared {
+    fn new(config: Config, root: u32) -> Shared {
         let mut c = LocalCounters::default();
         let stats: Vec<RouteStats<Metric>> = config
             .routes
@@ -127,7 +131,9 @@ impl Shared {
             let gauge = counters::define(&mut c, Kind::Gauge, &stats::breaker_keys_name());
             counters::record(gauge, n as u64);
         }
+        let shadows = shadow::Shadows::new(&config, root, &mut c);
         Shared {
+            shadows,
             unmatched: counters::define(&mut c, Kind::Counter, &stats::unmatched_name()),
             config,
             stats,
@@ -167,6 +173,8 @@ impl Shared {
 }
 
 struct Root {
+    /// This root context's id (shadow calls are sent from it).
+    id: u32,
     shared: Option<Rc<Shared>>,
     /// This plugin's name (the configurations of one filter share it).
     plugin: String,
@@ -220,7 +228,21 @@ impl Root {
     }
 }
 
-impl Context for Root {}
+impl Drop for Root {
+    fn drop(&mut self) {
+        if let Some(s) = &self.shared {
+            s.shadows.root_gone();
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, _: usize) {
+        if let Some(s) = &self.shared {
+            shadow::on_answer(s, token, headers, body);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -244,7 +266,7 @@ impl RootContext for Root {
             config.monolith,
             config.target_header
         );
-        let shared = Shared::new(config);
+        let shared = Shared::new(config, self.id);
         self.generation = self.take_over_gauges(&shared);
         let now = host::now_ms();
         for (i, s) in shared.stats.iter().enumerate() {
@@ -287,10 +309,17 @@ impl RootContext for Root {
         }
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if queue_id == shadow::WAKE {
+            shadow::send_outbox();
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Shift {
             shared: self.shared.clone(),
             pending: None,
+            shadow: None,
         }))
     }
 
@@ -314,21 +343,36 @@ struct Shift {
     /// catch-all route to the monolith).
     shared: Option<Rc<Shared>>,
     pending: Option<Pending>,
+    /// A shadowed request's side of the comparison.
+    shadow: Option<shadow::Primary>,
 }
 
 impl Context for Shift {}
 
 impl HttpContext for Shift {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "test-trap")]
         #[allow(clippy::panic)]
         if self.get_http_request_header_bytes("x-test-trap").is_some() {
             panic!("x-test-trap: deliberate trap (test-trap build)");
         }
-        self.on_request()
+        let action = self.on_request();
+        self.start_shadow(end_of_stream);
+        action
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.shadow_request_body(body_size, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.shadow_response_headers(end_of_stream);
         self.on_response()
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.shadow_response_body(body_size, end_of_stream);
+        Action::Continue
     }
 }

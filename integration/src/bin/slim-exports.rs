@@ -1,8 +1,11 @@
-//! `slim-exports FILE.wasm [--keep-original COPY.wasm]`: removes, in place,
-//! the proxy-wasm callbacks the filter does not use from the module's
-//! exports. With `--keep-original`, the module as built (SDK exports) is
-//! saved first, for the bench. A module already slimmed is left alone, so
-//! running it twice is harmless.
+//! `slim-exports FILE.wasm [--keep-original COPY.wasm] [--no-body COPY.wasm]`:
+//! removes, in place, the proxy-wasm callbacks the filter does not use from
+//! the module's exports. With `--keep-original`, the module as built (SDK
+//! exports) is saved first, for the bench; `--no-body` also writes a copy
+//! without the body callbacks (`proxy_on_request_body`,
+//! `proxy_on_response_body`, used only by shadow compare), to measure what
+//! exporting them costs. A module already slimmed is left alone, so running
+//! it twice is harmless.
 //!
 //! The Rust SDK exports every `proxy_on_*` callback, so Envoy enters the VM
 //! for each of them on every request (`on_log`, `on_done`, one
@@ -17,18 +20,18 @@ use std::process::ExitCode;
 use wasm_encoder::{ExportKind, ExportSection, Module, RawSection};
 use wasmparser::{ExternalKind, Parser, Payload};
 
-/// Callbacks the filter does not use (see src/filter.rs, which implements
-/// only VM and plugin set-up, the tick, HTTP context creation and deletion,
-/// and request and response headers). Everything else is kept, including the
-/// allocator the host calls (`proxy_on_memory_allocate`).
+/// Callbacks the filter does not use (see src/filter/mod.rs, which
+/// implements only VM and plugin set-up, the tick, HTTP context creation and
+/// deletion, request and response headers and bodies, and the answers of
+/// shadow calls). Everything else is kept, including the allocator the host
+/// calls (`proxy_on_memory_allocate`). `proxy_on_queue_ready` goes too: the
+/// filter calls the SDK's function itself (src/filter/shadow.rs), the host
+/// never needs to.
 const DROP: &[&str] = &[
     "proxy_on_done",
     "proxy_on_log",
-    "proxy_on_request_body",
     "proxy_on_request_trailers",
-    "proxy_on_response_body",
     "proxy_on_response_trailers",
-    "proxy_on_http_call_response",
     "proxy_on_grpc_receive_initial_metadata",
     "proxy_on_grpc_receive",
     "proxy_on_grpc_receive_trailing_metadata",
@@ -42,7 +45,13 @@ const DROP: &[&str] = &[
     "proxy_on_upstream_connection_close",
 ];
 
-fn slim(input: &[u8]) -> Result<(Vec<u8>, Vec<String>), wasmparser::BinaryReaderError> {
+/// The body callbacks, dropped as well in the `--no-body` copy.
+const BODY: &[&str] = &["proxy_on_request_body", "proxy_on_response_body"];
+
+fn slim(
+    input: &[u8],
+    drop: &[&str],
+) -> Result<(Vec<u8>, Vec<String>), wasmparser::BinaryReaderError> {
     let mut module = Module::new();
     let mut dropped = Vec::new();
     for payload in Parser::new(0).parse_all(input) {
@@ -52,7 +61,7 @@ fn slim(input: &[u8]) -> Result<(Vec<u8>, Vec<String>), wasmparser::BinaryReader
                 let mut exports = ExportSection::new();
                 for e in reader {
                     let e = e?;
-                    if DROP.contains(&e.name) {
+                    if drop.contains(&e.name) {
                         dropped.push(e.name.to_string());
                         continue;
                     }
@@ -85,14 +94,28 @@ fn slim(input: &[u8]) -> Result<(Vec<u8>, Vec<String>), wasmparser::BinaryReader
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (path, keep) = match args.as_slice() {
-        [path] => (path.clone(), None),
-        [path, flag, copy] if flag == "--keep-original" => (path.clone(), Some(copy.clone())),
-        _ => {
-            eprintln!("usage: slim-exports FILE.wasm [--keep-original COPY.wasm]");
-            return ExitCode::from(2);
-        }
+    let usage = || {
+        eprintln!(
+            "usage: slim-exports FILE.wasm [--keep-original COPY.wasm] [--no-body COPY.wasm]"
+        );
+        ExitCode::from(2)
     };
+    let Some((path, mut rest)) = args.split_first() else {
+        return usage();
+    };
+    let path = path.clone();
+    let (mut keep, mut no_body) = (None, None);
+    while let [flag, copy, tail @ ..] = rest {
+        match flag.as_str() {
+            "--keep-original" => keep = Some(copy.clone()),
+            "--no-body" => no_body = Some(copy.clone()),
+            _ => return usage(),
+        }
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return usage();
+    }
     let input = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {
@@ -100,7 +123,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match slim(&input) {
+    if let Some(copy) = &no_body {
+        let all: Vec<&str> = DROP.iter().chain(BODY).copied().collect();
+        let written = slim(&input, &all)
+            .map_err(|e| e.to_string())
+            .and_then(|(out, _)| std::fs::write(copy, out).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("slim-exports: {copy}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match slim(&input, DROP) {
         Ok((_, dropped)) if dropped.is_empty() => {
             println!("slim-exports: {path}: already slim");
             ExitCode::SUCCESS

@@ -9,8 +9,12 @@
 //!
 //! Control (for tests, straight to the upstream, not through Envoy):
 //! `PUT /__upstream/status/<code>`, `PUT /__upstream/delay-ms/<ms>` and
-//! `PUT /__upstream/fail-every/<n>` (every n-th request answers 500; 0: off)
-//! change how every later request is answered. `--bare` (for load tests) answers
+//! `PUT /__upstream/fail-every/<n>` (every n-th request answers 500; 0: off),
+//! `PUT /__upstream/body/<text>` (answer with this body instead of the JSON;
+//! `-`: back to the JSON) and `PUT /__upstream/header/<name>=<value>` (add
+//! this response header; `-`: none) change how every later request is
+//! answered. `GET /__upstream/shadows` lists the method and headers of the
+//! requests that carried `x-shift-shadow` (the last 1,000), as JSON. `--bare` (for load tests) answers
 //! with just the header and the name, to keep the upstream's CPU out of the
 //! way of what is measured.
 
@@ -18,7 +22,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +41,12 @@ struct Opts {
     /// Every n-th request answers 500 (0: off); `served` counts them.
     fail_every: AtomicU64,
     served: AtomicU64,
+    /// A fixed body instead of the JSON.
+    body: Mutex<Option<String>>,
+    /// An extra response header.
+    header: Mutex<Option<(String, String)>>,
+    /// Method and headers of requests carrying `x-shift-shadow`.
+    shadows: Mutex<Vec<serde_json::Value>>,
     threads: usize,
     bare: bool,
 }
@@ -67,6 +77,9 @@ fn parse_args() -> Result<Option<Opts>, String> {
         delay_ms: AtomicU64::new(0),
         fail_every: AtomicU64::new(0),
         served: AtomicU64::new(0),
+        body: Mutex::new(None),
+        header: Mutex::new(None),
+        shadows: Mutex::new(Vec::new()),
         threads: 2,
         bare: false,
     };
@@ -110,6 +123,11 @@ fn parse_args() -> Result<Option<Opts>, String> {
 /// `PUT /__upstream/<setting>/<value>`: changes a setting, answers 204.
 fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response<Full<Bytes>>> {
     let rest = req.uri().path().strip_prefix("/__upstream/")?;
+    if req.method() == hyper::Method::GET && rest == "shadows" {
+        let list = opts.shadows.lock().map(|l| l.clone()).unwrap_or_default();
+        let body = serde_json::Value::Array(list).to_string();
+        return Some(Response::new(Full::new(Bytes::from(body))));
+    }
     if req.method() != hyper::Method::PUT {
         return None;
     }
@@ -129,6 +147,22 @@ fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response
             .parse::<u64>()
             .map(|n| opts.fail_every.store(n, Ordering::SeqCst))
             .is_ok(),
+        "body" => opts
+            .body
+            .lock()
+            .map(|mut b| *b = (value != "-").then(|| value.to_string()))
+            .is_ok(),
+        "header" => {
+            let h = match value {
+                "-" => Some(None),
+                v => v
+                    .split_once('=')
+                    .filter(|(n, _)| !n.is_empty())
+                    .map(|(n, v)| Some((n.to_string(), v.to_string()))),
+            };
+            h.and_then(|h| opts.header.lock().ok().map(|mut g| *g = h))
+                .is_some()
+        }
         _ => false,
     };
     let mut resp = Response::new(Full::new(Bytes::new()));
@@ -154,6 +188,44 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
     let n = opts.served.fetch_add(1, Ordering::SeqCst) + 1;
     if every > 0 && n.is_multiple_of(every) {
         status = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    if req.headers().contains_key("x-shift-shadow") {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_string(), v.into())
+            })
+            .collect();
+        if let Ok(mut l) = opts.shadows.lock() {
+            if l.len() >= 1_000 {
+                l.remove(0);
+            }
+            l.push(serde_json::json!({"method": req.method().as_str(), "headers": headers}));
+        }
+    }
+    let extra = opts.header.lock().ok().and_then(|h| h.clone());
+    let extra = extra.and_then(|(n, v)| {
+        Some((
+            hyper::header::HeaderName::from_bytes(n.as_bytes()).ok()?,
+            hyper::header::HeaderValue::from_str(&v).ok()?,
+        ))
+    });
+    if let Some(fixed) = opts.body.lock().ok().and_then(|b| b.clone()) {
+        let mut resp = Response::new(Full::new(Bytes::from(fixed)));
+        *resp.status_mut() = status;
+        if let Ok(v) = opts.name.parse() {
+            resp.headers_mut().insert("x-served-by", v);
+        }
+        resp.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        if let Some((n, v)) = extra {
+            resp.headers_mut().insert(n, v);
+        }
+        return resp;
     }
     if opts.bare {
         let mut resp = Response::new(Full::new(Bytes::from(opts.name.clone())));
@@ -183,6 +255,9 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
         "content-type",
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    if let Some((n, v)) = extra {
+        resp.headers_mut().insert(n, v);
+    }
     resp
 }
 
