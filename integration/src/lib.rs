@@ -1,9 +1,10 @@
 //! Test harness: real Envoy and real upstream processes on loopback.
 //!
 //! Every process started here is owned by a value whose `Drop` kills and
-//! reaps it. Ports are never fixed: upstreams and Envoy bind port 0 and report
-//! the port they got. Envoy's log goes to a file that is printed when the
-//! owning test panics.
+//! reaps it, and dies with the process that started it however that one
+//! dies ([`die_with_parent`]). Ports are never fixed: upstreams and Envoy
+//! bind port 0 and report the port they got. Envoy's log goes to a file that
+//! is printed when the owning test panics.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -75,6 +76,36 @@ pub fn cli_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("traffic-shift"))
 }
 
+/// Makes the child killed (SIGKILL) when its parent dies, however it dies,
+/// even by SIGKILL, so no Envoy or upstream outlives a killed test or demo
+/// (Linux: `prctl(PR_SET_PDEATHSIG)` in the child, before exec). The signal
+/// comes when the *thread* that spawned the child ends: spawn from a thread
+/// that lives as long as the child should (the main thread, a runtime's
+/// worker), never from a short-lived one such as `spawn_blocking`.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure only makes two system
+        // calls (prctl, getppid) and may call _exit, all async-signal-safe;
+        // it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl: no signal will come.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 /// A demo upstream process that answers with its name.
 pub struct Upstream {
     child: Child,
@@ -95,7 +126,7 @@ impl Upstream {
 
     /// Starts an upstream on `listen` with extra flags.
     pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Upstream {
-        let mut child = Command::new(upstream_bin())
+        let mut child = die_with_parent(&mut Command::new(upstream_bin()))
             .args(["--name", name, "--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
@@ -328,7 +359,7 @@ impl Envoy {
         let log = dir.path().join("envoy.log");
         std::fs::write(&config, bootstrap.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(envoy_bin())
+        let child = die_with_parent(&mut Command::new(envoy_bin()))
             .arg("-c")
             .arg(&config)
             .arg("--admin-address-path")

@@ -2,7 +2,7 @@
 //! ports and Envoy with a shipped config exactly as it is, prints what to
 //! curl, and stops everything on Ctrl-C.
 //!
-//! `demo [--source static|file|grpc]`:
+//! `demo [--source static|file|grpc] [--free-ports]`:
 //! - static (`make run`): `envoy/envoy.yaml`, config in the bootstrap;
 //! - file (`make run-ecds-file`): `envoy/envoy-ecds-file.yaml`, config from
 //!   the watched `envoy/ecds/traffic_shift.yaml`;
@@ -13,6 +13,13 @@
 //! (a live change is not reflected in it). A user error (unknown argument,
 //! unreadable or invalid config file, port in use, missing binary) is one
 //! line on stderr and exit 1 (2 for a usage error), before anything starts.
+//!
+//! Lifecycle: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop Envoy and the
+//! upstreams (killed and reaped), then the demo exits 0. Should the demo
+//! itself be killed (SIGKILL, a crash), its children get SIGKILL from the
+//! kernel (`integration::die_with_parent`). `--free-ports` picks free
+//! loopback ports instead of the fixed ones (the banner shows them), for
+//! running it next to another demo or in tests.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,19 +31,21 @@ use serde_yaml::Value as Yaml;
 use traffic_shift::config::{Config, HashKey};
 use traffic_shift::routes::PathMatch;
 
-const USAGE: &str = "usage: demo [--source static|file|grpc]";
+const USAGE: &str = "usage: demo [--source static|file|grpc] [--free-ports]";
 
-const HELP: &str = "demo [--source static|file|grpc]
+const HELP: &str = "demo [--source static|file|grpc] [--free-ports]
 
 Starts the demo upstreams (monolith 127.0.0.1:18080, auth_service :18081,
 orders_service :18082) and Envoy with a shipped config as it is, on
-127.0.0.1:10000 (admin 127.0.0.1:9901). Ctrl-C stops everything.
+127.0.0.1:10000 (admin 127.0.0.1:9901). Ctrl-C, SIGTERM or SIGHUP stops
+everything; if the demo is killed, Envoy and the upstreams die with it.
   --source static  envoy/envoy.yaml, the filter config in the bootstrap (default, make run)
   --source file    envoy/envoy-ecds-file.yaml, config from the watched
                    envoy/ecds/traffic_shift.yaml (make run-ecds-file)
   --source grpc    envoy/envoy-ecds-grpc.yaml, config pushed over ADS from
                    envoy/xds/traffic_shift.json by a control plane on
-                   127.0.0.1:18000 (make run-ecds-grpc)";
+                   127.0.0.1:18000 (make run-ecds-grpc)
+  --free-ports     free loopback ports instead of the fixed ones (shown at start)";
 
 const UPSTREAMS: [(&str, &str); 3] = [
     ("monolith", "127.0.0.1:18080"),
@@ -52,13 +61,18 @@ enum Source {
     Grpc,
 }
 
-/// `None`: `--help` was asked for.
-fn parse_args() -> Result<Option<Source>, String> {
+/// `None`: `--help` was asked for; else the source and `--free-ports`.
+fn parse_args() -> Result<Option<(Source, bool)>, String> {
     let mut source = Source::Static;
+    let mut free_ports = false;
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         if a == "--help" || a == "-h" {
             return Ok(None);
+        }
+        if a == "--free-ports" {
+            free_ports = true;
+            continue;
         }
         if a != "--source" {
             return Err(format!("unknown argument {:?}", a.to_string_lossy()));
@@ -76,7 +90,7 @@ fn parse_args() -> Result<Option<Source>, String> {
             }
         };
     }
-    Ok(Some(source))
+    Ok(Some((source, free_ports)))
 }
 
 /// One line on stderr, exit 1.
@@ -231,9 +245,58 @@ fn envoy_failure_reason(log: &str) -> Option<&str> {
     pick("][critical][").or_else(|| pick("][error]["))
 }
 
+/// A panic (a bug, never a user error) is one line too; unwinding then
+/// stops the children (their owners' `Drop`).
+fn one_line_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!("demo: internal error: {}{at}", msg.replace('\n', " "));
+    }));
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught from the start: one arriving while
+/// things start stops them as soon as they have started.
+struct StopSignals([(tokio::signal::unix::Signal, &'static str); 3]);
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let one = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .map(|s| (s, name))
+                .unwrap_or_else(|e| fail(format!("cannot handle {name}: {e}")))
+        };
+        StopSignals([
+            one(SignalKind::interrupt(), "SIGINT"),
+            one(SignalKind::terminate(), "SIGTERM"),
+            one(SignalKind::hangup(), "SIGHUP"),
+        ])
+    }
+
+    /// The name of the first of them to arrive.
+    async fn recv(&mut self) -> &'static str {
+        let [(int, a), (term, b), (hup, c)] = &mut self.0;
+        tokio::select! {
+            _ = int.recv() => a,
+            _ = term.recv() => b,
+            _ = hup.recv() => c,
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let source = match parse_args() {
+    one_line_panics();
+    let mut stop = StopSignals::install();
+    let (source, free_ports) = match parse_args() {
         Ok(Some(s)) => s,
         Ok(None) => {
             println!("{HELP}");
@@ -256,7 +319,7 @@ async fn main() {
             root.join("envoy/xds/traffic_shift.json"),
         ),
     };
-    let bootstrap = Bootstrap(load_yaml(&bootstrap_path).unwrap_or_else(|e| fail(e)));
+    let mut bootstrap = Bootstrap(load_yaml(&bootstrap_path).unwrap_or_else(|e| fail(e)));
 
     // The starting configuration, from the file actually used.
     let json = if source == Source::Grpc {
@@ -307,11 +370,23 @@ async fn main() {
             ports.push(("control plane".into(), a));
         }
     }
-    check_ports_free(&ports);
+    if free_ports {
+        // Admin and listener on port 0 (Envoy reports what it got).
+        bootstrap = bootstrap.for_test();
+    } else {
+        check_ports_free(&ports);
+    }
+    let control_plane = if free_ports {
+        "127.0.0.1:0"
+    } else {
+        CONTROL_PLANE
+    };
 
     let how_to_change = match source {
         Source::Static => {
-            "To change a percentage: edit envoy/envoy.yaml and restart the demo.".to_string()
+            "To change a percentage: edit envoy/plugin.json, run `make envoy-configs` (it prints
+envoy/envoy.yaml and the others from it) and restart the demo."
+                .to_string()
         }
         Source::File => "To change a percentage live (Envoy watches the file):
   cp envoy/ecds/traffic_shift.yaml /tmp/ts.yaml && sed -i 's/\"percent\": 10,/\"percent\": 50,/; s/version_info: .*/version_info: \"2\"/' /tmp/ts.yaml
@@ -319,22 +394,29 @@ async fn main() {
   curl -s localhost:9901/stats | grep extension_config_discovery.http_filter.traffic_shift"
             .to_string(),
         Source::Grpc => {
-            let server = XdsServer::start_on(CONTROL_PLANE, plugin_spec())
+            let server = XdsServer::start_on(control_plane, plugin_spec())
                 .await
                 .unwrap_or_else(|e| {
                     fail(format!(
-                        "cannot start the control plane on {CONTROL_PLANE}: {e}"
+                        "cannot start the control plane on {control_plane}: {e}"
                     ))
                 });
+            let at = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+            bootstrap = bootstrap.with_cluster_address("xds", at);
             tokio::spawn(serve_file(server, config_path.clone(), true, |m| {
                 println!("xds: {m}")
             }));
-            format!("The control plane on {CONTROL_PLANE} serves envoy/xds/traffic_shift.json over ADS.
+            format!("The control plane on {at} serves envoy/xds/traffic_shift.json over ADS.
 To change a percentage live, edit and save the file; the control plane checks it, pushes it
 and prints Envoy's ACK or NACK here.")
         }
     };
-    let upstreams = UPSTREAMS.map(|(name, addr)| Upstream::start_with(name, addr, &[]));
+    let upstreams = UPSTREAMS.map(|(name, addr)| {
+        Upstream::start_with(name, if free_ports { "127.0.0.1:0" } else { addr }, &[])
+    });
+    if free_ports {
+        bootstrap = bootstrap.with_upstreams(&upstreams.each_ref());
+    }
     let envoy = match Envoy::start_with(&bootstrap, 2).await {
         Ok(e) => e,
         Err(f) => {
@@ -355,7 +437,7 @@ The split at start, from {config_file} (a later change is not shown here):
 {split}
 {how_to_change}
 
-Ctrl-C stops Envoy and the upstreams.",
+Ctrl-C (or SIGTERM, SIGHUP) stops Envoy and the upstreams.",
         admin = envoy.admin,
         pid = envoy.pid(),
         ups = upstreams
@@ -366,6 +448,8 @@ Ctrl-C stops Envoy and the upstreams.",
         config_file = shown(&config_path),
         split = describe(&config, l),
     );
-    let _ = tokio::signal::ctrl_c().await;
-    println!("stopping");
+    let why = stop.recv().await;
+    println!("stopping ({why}): Envoy and the upstreams");
+    drop(envoy);
+    drop(upstreams);
 }
