@@ -140,14 +140,23 @@ async fn every_shadowed_request_ends_in_one_result_and_mismatches_are_found() {
     .await;
     assert_eq!(forced, 20, "the override still works");
     let m = settled(&stack, "auth", 120.0).await;
-    assert_eq!(result(&m, "auth", "match"), 120.0, "{:?}", results(&m, "auth"));
+    assert_eq!(
+        result(&m, "auth", "match"),
+        120.0,
+        "{:?}",
+        results(&m, "auth")
+    );
     assert_eq!(total(&m, "auth"), 120.0, "{:?}", results(&m, "auth"));
 
     // Each shadow went to the side not chosen, marked, without the
     // filter's headers.
     let at_monolith = shadows_seen(monolith).await;
     let at_service = shadows_seen(service).await;
-    assert_eq!(at_monolith.len(), served + forced, "shadows of service primaries");
+    assert_eq!(
+        at_monolith.len(),
+        served + forced,
+        "shadows of service primaries"
+    );
     assert_eq!(at_service.len(), 120 - served - forced);
     for s in at_monolith.iter().chain(&at_service) {
         let h = &s["headers"];
@@ -162,26 +171,47 @@ async fn every_shadowed_request_ends_in_one_result_and_mismatches_are_found() {
     set(service, "body", "different").await;
     gets(&stack, "/auth/b", 40, &[]).await;
     let m = settled(&stack, "auth", 160.0).await;
-    assert_eq!(result(&m, "auth", "body"), 40.0, "{:?}", results(&m, "auth"));
+    assert_eq!(
+        result(&m, "auth", "body"),
+        40.0,
+        "{:?}",
+        results(&m, "auth")
+    );
 
     // A listed header differs (the status and body are equal again).
     set(service, "body", "same").await;
     set(service, "header", "x-version=2").await;
     gets(&stack, "/auth/c", 40, &[]).await;
     let m = settled(&stack, "auth", 200.0).await;
-    assert_eq!(result(&m, "auth", "header"), 40.0, "{:?}", results(&m, "auth"));
+    assert_eq!(
+        result(&m, "auth", "header"),
+        40.0,
+        "{:?}",
+        results(&m, "auth")
+    );
 
     // The status differs.
     set(service, "header", "-").await;
     stack.upstreams[1].set("status", 404).await;
     gets(&stack, "/auth/d", 40, &[]).await;
     let m = settled(&stack, "auth", 240.0).await;
-    assert_eq!(result(&m, "auth", "status"), 40.0, "{:?}", results(&m, "auth"));
+    assert_eq!(
+        result(&m, "auth", "status"),
+        40.0,
+        "{:?}",
+        results(&m, "auth")
+    );
     assert_eq!(result(&m, "auth", "match"), 120.0);
     assert_eq!(total(&m, "auth"), 240.0, "{:?}", results(&m, "auth"));
 
+    for (r, v) in results(&m, "auth") {
+        eprintln!("traffic_shift_shadow{{route=\"auth\",result=\"{r}\"}} {v}");
+    }
     let log = stack.envoy.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("shadow mismatch")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("shadow mismatch"))
+        .collect();
     for l in &lines {
         eprintln!("{l}");
     }
@@ -225,7 +255,9 @@ async fn a_slow_shadow_never_delays_its_primary_and_a_late_one_still_counts() {
         v[v.len() / 2]
     };
     let (slow, plain) = (median(slow), median(plain));
-    eprintln!("median latency: with a timing-out shadow {slow:.2} ms, without shadow {plain:.2} ms");
+    eprintln!(
+        "median latency: with a timing-out shadow {slow:.2} ms, without shadow {plain:.2} ms"
+    );
     assert!(
         (slow - plain).abs() < 5.0,
         "primary delayed: {slow:.2} ms vs {plain:.2} ms"
@@ -234,9 +266,19 @@ async fn a_slow_shadow_never_delays_its_primary_and_a_late_one_still_counts() {
     // Shadows answering 400 ms after their primaries were done.
     gets(&stack, "/late/x", 16, &[]).await;
     let m = settled(&stack, "late", 16.0).await;
-    assert_eq!(result(&m, "late", "match"), 16.0, "{:?}", results(&m, "late"));
+    assert_eq!(
+        result(&m, "late", "match"),
+        16.0,
+        "{:?}",
+        results(&m, "late")
+    );
     let m = settled(&stack, "slow", 30.0).await;
-    assert_eq!(result(&m, "slow", "timeout"), 30.0, "{:?}", results(&m, "slow"));
+    assert_eq!(
+        result(&m, "slow", "timeout"),
+        30.0,
+        "{:?}",
+        results(&m, "slow")
+    );
     assert_eq!(total(&m, "plain"), 0.0);
 }
 
@@ -266,7 +308,12 @@ async fn side_effects_only_when_listed_and_limits_skip() {
     }
     let m = settled(&stack, "writes", 5.0).await;
     assert_eq!(total(&m, "reads"), 0.0, "POST is not shadowed by default");
-    assert_eq!(result(&m, "writes", "match"), 5.0, "{:?}", results(&m, "writes"));
+    assert_eq!(
+        result(&m, "writes", "match"),
+        5.0,
+        "{:?}",
+        results(&m, "writes")
+    );
     let seen = shadows_seen(&stack.upstreams[1]).await;
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.iter().all(|s| s["method"] == "POST"));
@@ -274,7 +321,12 @@ async fn side_effects_only_when_listed_and_limits_skip() {
     // Bodies over max_body_bytes ("same" is 4 bytes).
     gets(&stack, "/big/x", 10, &[]).await;
     let m = settled(&stack, "big", 10.0).await;
-    assert_eq!(result(&m, "big", "skipped"), 10.0, "{:?}", results(&m, "big"));
+    assert_eq!(
+        result(&m, "big", "skipped"),
+        10.0,
+        "{:?}",
+        results(&m, "big")
+    );
 
     // One shadow out at a time per worker: 16 at once while it takes 1 s.
     stack.upstreams[1].set("delay-ms", 1000).await;

@@ -322,6 +322,28 @@ fn print_plan(out: &mut String, file: &str, config: &Config, now_ms: u64) {
                 );
             }
         }
+        if let Some(w) = &r.shadow {
+            let headers = match w.compare_headers.as_slice() {
+                [] => String::new(),
+                h => format!(", headers {}", h.join(", ")),
+            };
+            let body = if w.compare_body {
+                format!(", body (up to {} bytes)", w.max_body_bytes)
+            } else {
+                String::new()
+            };
+            say!(out,
+                "  shadow: {} ({} bp) of {} requests also sent to the side not chosen; compared: status{headers}{body}; timeout {} ms; at most {} in flight per worker",
+                percent(w.basis_points),
+                w.basis_points,
+                w.methods.join(", "),
+                w.timeout_ms,
+                w.max_in_flight
+            );
+            if w.repeats_writes() {
+                say!(out, "  shadow warning: methods with side effects are listed: each shadowed one runs on both sides (a shared database sees the write twice)");
+            }
+        }
     }
 }
 

@@ -18,6 +18,10 @@
 //!   e   (s) plus a breaker on the route
 //!   g   (s) plus a guard on the route (errors and latency)
 //!   s1k, e1k  (s) and (e) with 1,000 routes configured
+//!   snb (s) on a build without the body callbacks exported (what
+//!       exporting them for shadow compare costs every request)
+//!   w0, w5  (s) plus shadow compare (status, content-type, body) at 0 %
+//!       and 5 % of the route's requests
 //! then drives each in turn with wrk (same load, interleaved rounds, so
 //! machine drift hits all alike) and reports medians, the per-round ratio
 //! to (b) and the targets of issue 11 as medians of per-round ratios.
@@ -88,6 +92,13 @@ fn split_config_with(n: usize, extra: &str) -> String {
     format!(
         r#"{{"monolith": "monolith", "routes": [{}]}}"#,
         routes.join(",")
+    )
+}
+
+/// The bench route's `shadow` member at `percent`.
+fn shadow(percent: u32) -> String {
+    format!(
+        r#", "shadow": {{"percent": {percent}, "compare_headers": ["content-type"], "compare_body": true}}"#
     )
 }
 
@@ -213,6 +224,23 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
             "traffic-shift, split + stats + breaker, 1,000 routes",
             base.clone().with_plugin_config(&split_config(1_000, true)),
         ),
+        variant(
+            "snb",
+            "traffic-shift, split + stats, no body callbacks exported",
+            base.clone()
+                .with_plugin_config(&split_config(1, false))
+                .with_wasm(&integration::wasm_path().with_extension("no-body.wasm")),
+        ),
+        variant(
+            "w0",
+            "traffic-shift, split + stats + shadow at 0 %",
+            base.clone().with_plugin_config(&split_config_with(1, &shadow(0))),
+        ),
+        variant(
+            "w5",
+            "traffic-shift, split + stats + shadow at 5 %",
+            base.clone().with_plugin_config(&split_config_with(1, &shadow(5))),
+        ),
     ];
     // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
     // release) with the (s) and (e) configs, to compare in the same run.
@@ -249,6 +277,9 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("split + stats vs native use_hash_policy", "s", "h", 0.90),
     ("+ breaker vs split + stats", "e", "s", 0.97),
     ("+ guard vs split + stats", "g", "s", 0.0),
+    ("body callbacks exported vs not", "s", "snb", 0.0),
+    ("+ shadow at 0 % vs split + stats", "w0", "s", 0.0),
+    ("+ shadow at 5 % vs split + stats", "w5", "s", 0.0),
     ("p99: + breaker vs SDK floor", "p99:e", "d0", 1.10),
     ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
     ("1,000 routes vs 1: + breaker", "e1k", "e", 0.97),
