@@ -6,8 +6,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use traffic_shift::breaker::Breaker;
-use traffic_shift::headers::{self, HeaderMap};
 use traffic_shift::config::{Config, Target};
+use traffic_shift::headers::{self, HeaderMap};
 
 /// `n` routes: two thirds prefixes, one third exact paths, one of each
 /// restricted to POST, all with a breaker when `outlier`.
@@ -106,8 +106,14 @@ fn decision(c: &mut Criterion) {
         (b"x-request-id", key),
     ];
     let extra: Vec<(&[u8], &[u8])> = vec![
-        (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36"),
-        (b"accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+        (
+            b"user-agent",
+            b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36",
+        ),
+        (
+            b"accept",
+            b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
         (b"accept-language", b"en-US,en;q=0.9"),
         (b"accept-encoding", b"gzip, deflate, br"),
         (b"cookie", b"session=abc123; theme=dark; cart=42"),
@@ -115,7 +121,10 @@ fn decision(c: &mut Criterion) {
         (b"x-forwarded-for", b"203.0.113.7"),
         (b"x-forwarded-proto", b"https"),
         (b"x-envoy-expected-rq-timeout-ms", b"15000"),
-        (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            b"traceparent",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ];
     for (label, pairs) in [
         ("5 headers", base.clone()),

@@ -365,5 +365,8 @@ async fn failure_rate_with_two_workers_opens_within_one_tick_of_the_merged_windo
     );
     assert_eq!(service_5xx + monolith_ok, 150);
     let m = stack.envoy.metrics().await;
-    assert_eq!(m.get("traffic_shift_breaker_opened", &[("route", "auth")]), 1.0);
+    assert_eq!(
+        m.get("traffic_shift_breaker_opened", &[("route", "auth")]),
+        1.0
+    );
 }

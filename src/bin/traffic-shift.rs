@@ -309,9 +309,9 @@ fn print_plan(out: &mut String, file: &str, config: &Config, now_ms: u64) {
         match &r.guard {
             None => say!(out, "  guard: off"),
             Some(g) => {
-                let latency = g
-                    .max_latency_ratio
-                    .map_or("off".to_string(), |x| format!("service p95 above {x}x the monolith's"));
+                let latency = g.max_latency_ratio.map_or("off".to_string(), |x| {
+                    format!("service p95 above {x}x the monolith's")
+                });
                 say!(out,
                     "  guard: window {} s, at least {} requests a side; errors: service 5xx rate above the monolith's + {} points at {}% confidence; latency: {latency}; epoch {}",
                     g.window_s,

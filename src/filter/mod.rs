@@ -108,9 +108,8 @@ impl Shared {
             .iter()
             .map(|r| {
                 r.outlier.as_ref()?;
-                let bs = BreakerStats::define(&r.name, &mut |k, n: &str| {
-                    counters::define(&mut c, k, n)
-                });
+                let bs =
+                    BreakerStats::define(&r.name, &mut |k, n: &str| counters::define(&mut c, k, n));
                 let (slot, n) = breaker::Slot::new(r, bs)?;
                 keys = n.or(keys);
                 Some(slot)
@@ -121,9 +120,8 @@ impl Shared {
             .iter()
             .map(|r| {
                 r.guard.as_ref()?;
-                let gs = GuardStats::define(&r.name, &mut |k, n: &str| {
-                    counters::define(&mut c, k, n)
-                });
+                let gs =
+                    GuardStats::define(&r.name, &mut |k, n: &str| counters::define(&mut c, k, n));
                 guard::Slot::new(r, gs)
             })
             .collect();
@@ -198,7 +196,8 @@ impl Root {
                 if kept.is_none() {
                     counters::record(old.effective_bp, 0);
                 }
-                if let (Some(state), None) = (old.breaker_state, kept.and_then(|k| k.breaker_state)) {
+                if let (Some(state), None) = (old.breaker_state, kept.and_then(|k| k.breaker_state))
+                {
                     counters::record(state, 0);
                 }
                 if let Some((tripped, key)) = &old.guard {

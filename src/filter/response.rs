@@ -51,8 +51,7 @@ impl Shift {
             g.observe(settings, now, p.target, status, latency_ms);
         }
 
-        if let (Some(a), Some((route, settings, slot))) =
-            (p.admitted, breaker::of(shared, p.route))
+        if let (Some(a), Some((route, settings, slot))) = (p.admitted, breaker::of(shared, p.route))
         {
             let failure = settings.is_failure(status, flags != 0);
             slot.record(route, settings, c, now, failure, a);

@@ -177,8 +177,8 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
     let s = base.clone().with_plugin_config(&split_config(1, false));
     let e = base.clone().with_plugin_config(&split_config(1, true));
 
-    let single_wasm = integration::repo_root()
-        .join("target/single/wasm32-wasip1/release/traffic_shift.wasm");
+    let single_wasm =
+        integration::repo_root().join("target/single/wasm32-wasip1/release/traffic_shift.wasm");
     let s1 = s.clone().with_wasm(&single_wasm);
     let mut out = vec![
         variant("a", "direct, no filter", a),
@@ -196,7 +196,11 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
             headers: BROWSER_HEADERS,
             ..variant("s15", "traffic-shift, split + stats, 15 headers", s)
         },
-        variant("s1", "traffic-shift, split + stats, one call per header", s1.clone()),
+        variant(
+            "s1",
+            "traffic-shift, split + stats, one call per header",
+            s1.clone(),
+        ),
         Variant {
             headers: BROWSER_HEADERS,
             ..variant(
@@ -234,12 +238,14 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
         variant(
             "w0",
             "traffic-shift, split + stats + shadow at 0 %",
-            base.clone().with_plugin_config(&split_config_with(1, &shadow(0))),
+            base.clone()
+                .with_plugin_config(&split_config_with(1, &shadow(0))),
         ),
         variant(
             "w5",
             "traffic-shift, split + stats + shadow at 5 %",
-            base.clone().with_plugin_config(&split_config_with(1, &shadow(5))),
+            base.clone()
+                .with_plugin_config(&split_config_with(1, &shadow(5))),
         ),
     ];
     // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
@@ -284,8 +290,18 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
     ("1,000 routes vs 1: + breaker", "e1k", "e", 0.97),
     ("split + stats vs Lua, 15 headers", "s15", "c15", 1.05),
-    ("header map in one call vs one call per header, 5 headers", "s", "s1", 0.0),
-    ("header map in one call vs one call per header, 15 headers", "s15", "s1-15", 0.0),
+    (
+        "header map in one call vs one call per header, 5 headers",
+        "s",
+        "s1",
+        0.0,
+    ),
+    (
+        "header map in one call vs one call per header, 15 headers",
+        "s15",
+        "s1-15",
+        0.0,
+    ),
 ];
 
 /// Pins every thread of `pid` to `cpus` (taskset -a -p).
@@ -535,9 +551,7 @@ async fn main() {
     let rps = |r: &Value| r["rps"].as_f64().unwrap_or(0.0);
     let p99 = |r: &Value| r["latency_us"]["99"].as_f64().unwrap_or(0.0);
     let mut targets = Vec::new();
-    md.push_str(
-        "\n| target | ratio | goal | |\n|---|---:|---:|---|\n",
-    );
+    md.push_str("\n| target | ratio | goal | |\n|---|---:|---:|---|\n");
     for (label, num, den, goal) in TARGETS {
         let (num, f): (&str, &dyn Fn(&Value) -> f64) = match num.strip_prefix("p99:") {
             Some(k) => (k, &p99),
