@@ -366,7 +366,15 @@ fn tracing_and_access_log(c: &Config, otlp: bool) -> String {
         )
     };
     let mut out = format!(
-        "# Traces and access log lines carry the decision (README \"Tracing\"):
+        "# With tracing on, Envoy by default packs the trace decision into the
+# x-request-id UUID (it rewrites one hex digit of the client's id), which
+# would change the hash key of every request keyed by x-request-id (the
+# default): keep the id as the client or Envoy first set it.
+request_id_extension:
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig
+    pack_trace_reason: false
+# Traces and access log lines carry the decision (README \"Tracing\"):
 # the target header the filter wrote, and why. The filter publishes
 # the reason as filter state wasm.shift_reason only when it is not
 # a split (one host call on those requests, none on the common
