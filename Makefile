@@ -73,7 +73,7 @@ bench: build envoy wrk plot-deps
 	target/tools/slim-exports target/single/wasm32-wasip1/release/traffic_shift.wasm
 	target/tools/bench
 	$(VENV)/bin/python integration/bench/plot.py target/bench/results.json target/bench/latency.png
-	$(CARGO) bench -p traffic-shift --bench decision -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p traffic-shift --bench decision --profile tools -- --warm-up-time 1 --measurement-time 3
 
 wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; }
