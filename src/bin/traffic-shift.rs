@@ -23,7 +23,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -145,34 +145,9 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
                 parse_rfc3339_utc(text).ok_or(format!("--at: not an RFC 3339 UTC time: {text}"))?;
         }
     }
-    let shown = match file.to_str() {
-        Some(f) => f.to_string(),
-        None => file.as_bytes().escape_ascii().to_string(),
-    };
-    let bytes = if file == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("stdin: {e}"))?;
-        buf
-    } else {
-        match std::fs::read(file) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("traffic-shift: {shown}: {e}");
-                return Ok(ExitCode::from(2));
-            }
-        }
-    };
-    let config = match Config::from_json(&bytes) {
-        Ok(c) => c,
-        Err(errors) => {
-            // The same lines the filter logs when Envoy refuses the config.
-            for e in &errors.0 {
-                eprintln!("invalid configuration: {e}");
-            }
-            return Ok(ExitCode::from(1));
-        }
+    let (config, _, shown) = match envoy::load_config(file) {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
     };
     if let Some(name) = &route_name {
         if !config.routes.iter().any(|r| &r.name == name) {

@@ -213,27 +213,10 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
         ))
     });
     if let Some(fixed) = opts.body.lock().ok().and_then(|b| b.clone()) {
-        let mut resp = Response::new(Full::new(Bytes::from(fixed)));
-        *resp.status_mut() = status;
-        if let Ok(v) = opts.name.parse() {
-            resp.headers_mut().insert("x-served-by", v);
-        }
-        resp.headers_mut().insert(
-            "content-type",
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-        if let Some((n, v)) = extra {
-            resp.headers_mut().insert(n, v);
-        }
-        return resp;
+        return answer(&opts, status, Bytes::from(fixed), true, extra);
     }
     if opts.bare {
-        let mut resp = Response::new(Full::new(Bytes::from(opts.name.clone())));
-        *resp.status_mut() = status;
-        if let Ok(v) = opts.name.parse() {
-            resp.headers_mut().insert("x-served-by", v);
-        }
-        return resp;
+        return answer(&opts, status, Bytes::from(opts.name.clone()), false, None);
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
@@ -246,15 +229,29 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
         })
         .collect();
     let body = serde_json::json!({"served_by": opts.name, "headers": headers}).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    answer(&opts, status, Bytes::from(body), true, extra)
+}
+
+/// A response with `x-served-by`, the JSON content type when `json`, and
+/// the extra header if one is set.
+fn answer(
+    opts: &Opts,
+    status: StatusCode,
+    body: Bytes,
+    json: bool,
+    extra: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     if let Ok(v) = opts.name.parse() {
         resp.headers_mut().insert("x-served-by", v);
     }
-    resp.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    if json {
+        resp.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
     if let Some((n, v)) = extra {
         resp.headers_mut().insert(n, v);
     }

@@ -84,6 +84,25 @@ pub fn read_input(file: &OsStr) -> Result<(Vec<u8>, String), String> {
     }
 }
 
+/// Reads and validates a plugin configuration, printing what the CLI
+/// prints when it cannot: one line for an unreadable file (exit 2), the
+/// lines the filter logs when Envoy refuses the config (exit 1).
+pub fn load_config(file: &OsStr) -> Result<(Config, Vec<u8>, String), ExitCode> {
+    let (bytes, shown) = read_input(file).map_err(|line| {
+        eprintln!("traffic-shift: {line}");
+        ExitCode::from(2)
+    })?;
+    match Config::from_json(&bytes) {
+        Ok(c) => Ok((c, bytes, shown)),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("invalid configuration: {e}");
+            }
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 /// `traffic-shift envoy ARGS` (ARGS after `envoy`).
 pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
     // --help anywhere a flag can be (not as a flag's value).
@@ -185,21 +204,9 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
         .map(|a| Address::parse(a).map_err(|e| format!("--otlp: {e}")))
         .transpose()?;
 
-    let (bytes, shown) = match read_input(file) {
+    let (config, bytes, shown) = match load_config(file) {
         Ok(x) => x,
-        Err(line) => {
-            eprintln!("traffic-shift: {line}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let config = match Config::from_json(&bytes) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("invalid configuration: {e}");
-            }
-            return Ok(ExitCode::from(1));
-        }
+        Err(code) => return Ok(code),
     };
     // A configuration the filter accepts is valid JSON, hence UTF-8.
     let json = String::from_utf8_lossy(&bytes);
