@@ -158,9 +158,10 @@ impl Upstream {
         self.child.id()
     }
 
-    /// Changes how the upstream answers from now on (`status` or
-    /// `delay-ms`), through its control endpoint.
-    pub async fn set(&self, setting: &str, value: u64) {
+    /// Changes how the upstream answers from now on (`status`,
+    /// `delay-ms`, `fail-every`, `body`, `header`), through its control
+    /// endpoint.
+    pub async fn set(&self, setting: &str, value: impl std::fmt::Display) {
         let url = format!("http://{}/__upstream/{setting}/{value}", self.addr);
         let resp = reqwest::Client::new()
             .put(&url)
@@ -641,6 +642,38 @@ impl Stack {
             Ok(envoy) => Stack { envoy, upstreams },
             Err(f) => panic!("envoy did not start (exit {:?}):\n{}", f.exit_code, f.log),
         }
+    }
+
+    /// `envoy/envoy-ecds-grpc.yaml` with a control plane of its own
+    /// (`xds::XdsServer`, FAIL_OPEN) serving `plugin_json` as `version`;
+    /// returns once Envoy ACKed it.
+    pub async fn start_ads(
+        version: &str,
+        plugin_json: &str,
+        concurrency: u32,
+        upstreams: Vec<Upstream>,
+    ) -> (Stack, xds::XdsServer) {
+        let server = xds::XdsServer::start(xds::PluginSpec {
+            name: "traffic_shift".into(),
+            root_id: "traffic_shift".into(),
+            wasm_path: wasm_path().to_string_lossy().into_owned(),
+            failure_policy: envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy::FailOpen,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+        server
+            .push(version, plugin_json)
+            .unwrap_or_else(|e| panic!("push {version}: {e}"));
+        let bootstrap = Bootstrap::load(&repo_root().join("envoy/envoy-ecds-grpc.yaml"))
+            .for_test()
+            .with_cluster_address("xds", ([127, 0, 0, 1], server.port).into());
+        let stack = Stack::start_bootstrap(bootstrap, concurrency, upstreams).await;
+        assert_eq!(
+            server.wait(version, Duration::from_secs(15)).await,
+            Some(xds::Outcome::Acked),
+            "Envoy did not ACK {version}"
+        );
+        (stack, server)
     }
 }
 

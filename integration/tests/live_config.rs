@@ -4,12 +4,8 @@
 
 use std::collections::HashSet;
 
-use envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy;
-use integration::xds::{Outcome, PluginSpec, XdsServer};
-use integration::{
-    client, random_ids, served_by_keys, wasm_path, Bootstrap, EcdsFile, Load, Stack, Upstream,
-    CLUSTERS,
-};
+use integration::xds::{Outcome, XdsServer};
+use integration::{client, random_ids, served_by_keys, EcdsFile, Load, Stack, Upstream, CLUSTERS};
 use traffic_shift::hash::bucket;
 
 const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
@@ -118,24 +114,7 @@ async fn start(kind: &str) -> (Stack, Source) {
             (stack, Source::File(ecds))
         }
         _ => {
-            let server = XdsServer::start(PluginSpec {
-                name: "traffic_shift".into(),
-                root_id: "traffic_shift".into(),
-                wasm_path: wasm_path().to_string_lossy().into_owned(),
-                failure_policy: FailurePolicy::FailOpen,
-            })
-            .await
-            .unwrap();
-            server.push("v0", &config(0)).unwrap();
-            let bootstrap =
-                Bootstrap::load(&integration::repo_root().join("envoy/envoy-ecds-grpc.yaml"))
-                    .for_test()
-                    .with_cluster_address("xds", ([127, 0, 0, 1], server.port).into());
-            let stack = Stack::start_bootstrap(bootstrap, 2, upstreams()).await;
-            assert_eq!(
-                server.wait("v0", std::time::Duration::from_secs(15)).await,
-                Some(Outcome::Acked)
-            );
+            let (stack, server) = Stack::start_ads("v0", &config(0), 2, upstreams()).await;
             (stack, Source::Grpc(server))
         }
     }

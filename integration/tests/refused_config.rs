@@ -6,12 +6,7 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::extensions::wasm::v3::FailurePolicy;
-use integration::xds::{Outcome, PluginSpec, XdsServer};
-use integration::{
-    client, random_ids, served_by_keys, wasm_path, Bootstrap, EcdsFile, Envoy, Stack, Upstream,
-    CLUSTERS,
-};
+use integration::{client, random_ids, served_by_keys, EcdsFile, Envoy, Stack, Upstream, CLUSTERS};
 
 const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
 
@@ -73,24 +68,7 @@ async fn refused_update(kind: &str) {
             (stack, Box::new(move |v, json| f.write(v, json)))
         }
         _ => {
-            let server = XdsServer::start(PluginSpec {
-                name: "traffic_shift".into(),
-                root_id: "traffic_shift".into(),
-                wasm_path: wasm_path().to_string_lossy().into_owned(),
-                failure_policy: FailurePolicy::FailOpen,
-            })
-            .await
-            .unwrap();
-            server.push("v1", AT_100).unwrap();
-            let bootstrap =
-                Bootstrap::load(&integration::repo_root().join("envoy/envoy-ecds-grpc.yaml"))
-                    .for_test()
-                    .with_cluster_address("xds", ([127, 0, 0, 1], server.port).into());
-            let stack = Stack::start_bootstrap(bootstrap, 2, upstreams()).await;
-            assert_eq!(
-                server.wait("v1", Duration::from_secs(15)).await,
-                Some(Outcome::Acked)
-            );
+            let (stack, server) = Stack::start_ads("v1", AT_100, 2, upstreams()).await;
             let push = move |v: &str, json: &str| server.push(v, json).unwrap();
             (stack, Box::new(push))
         }

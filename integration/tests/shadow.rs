@@ -34,17 +34,6 @@ fn total(m: &Metrics, route: &str) -> f64 {
     results(m, route).iter().map(|(_, v)| v).sum()
 }
 
-/// `PUT /__upstream/<setting>/<value>` with a text value.
-async fn set(u: &Upstream, setting: &str, value: &str) {
-    let url = format!("http://{}/__upstream/{setting}/{value}", u.addr);
-    let resp = reqwest::Client::new()
-        .put(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    assert_eq!(resp.status(), 204, "{url}");
-}
-
 /// The shadow requests an upstream received: (method, headers).
 async fn shadows_seen(u: &Upstream) -> Vec<serde_json::Value> {
     let url = format!("http://{}/__upstream/shadows", u.addr);
@@ -60,7 +49,7 @@ async fn shadows_seen(u: &Upstream) -> Vec<serde_json::Value> {
 async fn start(config: &str) -> Stack {
     let stack = Stack::start(config).await;
     for u in &stack.upstreams {
-        set(u, "body", "same").await;
+        u.set("body", "same").await;
     }
     stack
 }
@@ -168,7 +157,7 @@ async fn every_shadowed_request_ends_in_one_result_and_mismatches_are_found() {
     }
 
     // The service's body differs.
-    set(service, "body", "different").await;
+    service.set("body", "different").await;
     gets(&stack, "/auth/b", 40, &[]).await;
     let m = settled(&stack, "auth", 160.0).await;
     assert_eq!(
@@ -179,8 +168,8 @@ async fn every_shadowed_request_ends_in_one_result_and_mismatches_are_found() {
     );
 
     // A listed header differs (the status and body are equal again).
-    set(service, "body", "same").await;
-    set(service, "header", "x-version=2").await;
+    service.set("body", "same").await;
+    service.set("header", "x-version=2").await;
     gets(&stack, "/auth/c", 40, &[]).await;
     let m = settled(&stack, "auth", 200.0).await;
     assert_eq!(
@@ -191,7 +180,7 @@ async fn every_shadowed_request_ends_in_one_result_and_mismatches_are_found() {
     );
 
     // The status differs.
-    set(service, "header", "-").await;
+    service.set("header", "-").await;
     stack.upstreams[1].set("status", 404).await;
     gets(&stack, "/auth/d", 40, &[]).await;
     let m = settled(&stack, "auth", 240.0).await;
