@@ -117,20 +117,23 @@ impl Route {
         let g = self.guard.as_ref()?;
         // Floats by their bits: formatting them would add float printing
         // to the .wasm.
-        let id = guard::identity(&format!(
-            "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
-            self.name,
-            self.service,
-            self.basis_points,
-            self.ramp,
-            self.salt,
-            g.window_s,
-            g.min_requests,
-            g.max_error_rate_increase.to_bits(),
-            g.confidence.to_bits(),
-            g.max_latency_ratio.map_or(0, f64::to_bits),
-            g.epoch
-        ));
+        let id = hash::fnv64(
+            format!(
+                "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                self.name,
+                self.service,
+                self.basis_points,
+                self.ramp,
+                self.salt,
+                g.window_s,
+                g.min_requests,
+                g.max_error_rate_increase.to_bits(),
+                g.confidence.to_bits(),
+                g.max_latency_ratio.map_or(0, f64::to_bits),
+                g.epoch
+            )
+            .as_bytes(),
+        );
         Some(format!("traffic_shift.guard.{}.{id:016x}", self.name))
     }
 

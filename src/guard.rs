@@ -444,13 +444,6 @@ impl State {
     }
 }
 
-/// The identity of a route's guard: a trip holds while it is unchanged.
-/// Built by `config` from the route's service, percent, ramp, salt and
-/// guard settings (epoch included).
-pub fn identity(parts: &str) -> u64 {
-    crate::hash::fnv64(parts.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

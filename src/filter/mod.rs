@@ -355,8 +355,9 @@ impl HttpContext for Shift {
         if self.get_http_request_header_bytes("x-test-trap").is_some() {
             panic!("x-test-trap: deliberate trap (test-trap build)");
         }
-        let action = self.on_request();
-        self.start_shadow(end_of_stream);
+        let headers = Self::read_request_headers();
+        let action = self.on_request(&headers);
+        self.start_shadow(headers, end_of_stream);
         action
     }
 

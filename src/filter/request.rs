@@ -39,18 +39,24 @@ impl Shift {
         }
     }
 
-    pub(super) fn on_request(&mut self) -> Action {
+    /// Every request header in one host call (empty in the
+    /// `single-header-reads` build, which reads them one by one).
+    pub(super) fn read_request_headers() -> Vec<u8> {
+        if BULK {
+            host::request_headers()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `bytes`: from [`Shift::read_request_headers`].
+    pub(super) fn on_request(&mut self, bytes: &[u8]) -> Action {
         let Some(shared) = self.shared.clone() else {
             self.set_http_request_header(DEFAULT_TARGET_HEADER, None);
             return Action::Continue;
         };
         let config = &shared.config;
-        let bytes = if BULK {
-            host::request_headers()
-        } else {
-            Vec::new()
-        };
-        let map = BULK.then(|| HeaderMap::new(&bytes));
+        let map = BULK.then(|| HeaderMap::new(bytes));
         let map = map.as_ref();
 
         let mut forced = None;

@@ -280,7 +280,9 @@ pub fn send_outbox() {
 impl Shift {
     /// After the decision: draws whether this request is shadowed and, if
     /// so, sends the shadow (or starts collecting the request body for it).
-    pub(super) fn start_shadow(&mut self, end_of_stream: bool) {
+    /// `headers`: the request headers the request path read (read again
+    /// here if that build read them one by one).
+    pub(super) fn start_shadow(&mut self, headers: Vec<u8>, end_of_stream: bool) {
         let (Some(shared), Some(p)) = (&self.shared, &self.pending) else {
             return;
         };
@@ -292,7 +294,11 @@ impl Shift {
         }
         let (route, target) = (p.route, p.target);
         let shared = shared.clone();
-        let bytes = host::request_headers();
+        let bytes = if headers.is_empty() {
+            host::request_headers()
+        } else {
+            headers
+        };
         let map = HeaderMap::new(&bytes);
         let method = map.get(b":method").unwrap_or_default();
         if !s.shadows_method(method) {
