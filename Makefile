@@ -148,9 +148,11 @@ envoy-configs:
 	  mv $$f.new $$f; done
 	mv envoy/traffic_shift.ecds.new envoy/ecds/traffic_shift.yaml
 
-## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name])
+## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name]);
+## KEY= (set, empty) passes the empty key (--key '')
 check:
-	$(CARGO) run --quiet --release -p traffic-shift --bin traffic-shift -- check $(CONFIG) $(if $(KEY),--key $(KEY)) $(if $(ROUTE),--route $(ROUTE))
+	@$(if $(CONFIG),:,echo "make check: set CONFIG to the plugin configuration to check, e.g. make check CONFIG=envoy/plugin.json [KEY=value] [ROUTE=name]" >&2; exit 2)
+	$(CARGO) run --quiet --release -p traffic-shift --bin traffic-shift -- check '$(CONFIG)' $(if $(filter-out undefined,$(origin KEY)),--key '$(KEY)') $(if $(ROUTE),--route '$(ROUTE)')
 
 clean:
 	$(CARGO) clean

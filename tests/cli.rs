@@ -287,7 +287,18 @@ fn the_shipped_envoy_configs_are_what_traffic_shift_envoy_prints() {
         assert_eq!(args[..2], ["envoy", "envoy/plugin.json"], "{f}");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out, err) = cli_in_repo(&args);
-        assert_eq!((code, err.as_str()), (0, ""), "{f}");
+        // The shipped native configs keep the documented relative path,
+        // and the generator says so on stderr (the compose one is absolute).
+        let wasm = args
+            .iter()
+            .position(|a| *a == "--wasm")
+            .map_or(DEFAULT_WASM, |i| args[i + 1]);
+        let note = if wasm.starts_with('/') {
+            String::new()
+        } else {
+            relative_note(wasm)
+        };
+        assert_eq!((code, err.as_str()), (0, note.as_str()), "{f}");
         assert!(
             out == text,
             "{f} is not what `traffic-shift {}` prints: run `make envoy-configs`",
@@ -300,6 +311,54 @@ fn the_shipped_envoy_configs_are_what_traffic_shift_envoy_prints() {
         std::fs::read(repo().join("envoy/plugin.json")).unwrap(),
         "envoy/xds/traffic_shift.json is a copy of envoy/plugin.json: run `make envoy-configs`"
     );
+}
+
+const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/traffic_shift.wasm";
+
+/// What `traffic-shift envoy` says on stderr when the `.wasm` path it
+/// prints is relative.
+fn relative_note(wasm: &str) -> String {
+    format!(
+        "traffic-shift: note: the .wasm path {wasm} is relative: Envoy opens it from the directory it runs in (elsewhere it exits with \"Invalid path: {wasm}\"); pass an absolute --wasm to run the bootstrap from anywhere\n"
+    )
+}
+
+#[test]
+fn envoy_notes_a_relative_wasm_path_on_stderr_only() {
+    let clusters = [
+        "--cluster",
+        "legacy=10.0.0.1:80",
+        "--cluster",
+        "pay:v2=10.0.0.2:80",
+    ];
+    let with = |extra: &[&str]| {
+        let args: Vec<&str> = ["envoy", "-"].iter().chain(extra).copied().collect();
+        check_like(&args, ODD)
+    };
+    // The default path and any other relative one: the note, and the
+    // bootstrap on stdout as before.
+    let (code, out, err) = with(&clusters);
+    assert_eq!((code, err), (0, relative_note(DEFAULT_WASM)));
+    assert!(
+        out.contains(&format!("filename: {DEFAULT_WASM}}}")),
+        "{out}"
+    );
+    let rel = [&clusters[..], &["--wasm", "build/ts.wasm"]].concat();
+    let (code, _, err) = with(&rel);
+    assert_eq!((code, err), (0, relative_note("build/ts.wasm")));
+    // An absolute path: nothing on stderr.
+    let abs = [&clusters[..], &["--wasm", "/opt/ts/traffic_shift.wasm"]].concat();
+    let (code, out, err) = with(&abs);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("filename: /opt/ts/traffic_shift.wasm}"),
+        "{out}"
+    );
+    // The ECDS resource prints the path too; the route configuration does not.
+    let (code, _, err) = with(&["--ecds-resource", "3"]);
+    assert_eq!((code, err), (0, relative_note(DEFAULT_WASM)));
+    let (code, _, err) = with(&["--routes-only"]);
+    assert_eq!((code, err.as_str()), (0, ""));
 }
 
 /// One service on an exact path, a cluster name YAML must quote, a
@@ -366,7 +425,7 @@ fn envoy_embeds_the_config_text_and_names_every_cluster() {
         ],
         ODD,
     );
-    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!((code, err), (0, relative_note(DEFAULT_WASM)));
     let value = serde_json::Value::from(ODD).to_string();
     for piece in [
         "      socket_address: {address: \"::1\", port_value: 8080}\n",

@@ -259,8 +259,24 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
             })
         }
     };
+    if piece != Some("--routes-only") {
+        if let Some(note) = relative_wasm_note(get("--wasm").unwrap_or(DEFAULT_WASM)) {
+            eprintln!("{note}");
+        }
+    }
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one-line note (stderr) for a printed `.wasm` path that is relative:
+/// Envoy opens it from the directory it runs in, and dies with `Invalid
+/// path` anywhere else.
+pub fn relative_wasm_note(wasm: &str) -> Option<String> {
+    (!std::path::Path::new(wasm).is_absolute()).then(|| {
+        format!(
+            "traffic-shift: note: the .wasm path {wasm} is relative: Envoy opens it from the directory it runs in (elsewhere it exits with \"Invalid path: {wasm}\"); pass an absolute --wasm to run the bootstrap from anywhere"
+        )
+    })
 }
 
 /// `check --envoy BOOTSTRAP`: reads it (`Err`: one line, exit 2).
