@@ -32,6 +32,10 @@
 //! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys),
 //! BENCH_BASELINE_WASM (another build of the filter, run with the (s) and
 //! (e) configs as s-base and e-base).
+//!
+//! `--help` prints the usage. Missing pieces (Envoy, wrk, a variant's
+//! `.wasm`: `target/single/` is built by `make bench` only) are one line
+//! naming `make bench`, before anything starts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -362,8 +366,107 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+const HELP: &str =
+    "bench: what the filter costs, against native Envoy routing, Lua and the wasm floor
+
+Run it with `make bench`, which builds everything it needs first (the filter,
+its build reading one header per call into target/single/, the tools, wrk,
+matplotlib), then plots target/bench/latency.png and runs the native benchmarks.
+
+Starts the demo upstreams and one Envoy per variant (one worker each), drives
+them with wrk in interleaved rounds and writes target/bench/results.md and
+results.json. Variants: a b h c c15 d0 d s s15 s1 s1-15 snb e g s1k e1k w0 w5
+(README, \"What it costs\").
+
+Environment:
+  BENCH_ROUNDS=5 BENCH_SECONDS=8 BENCH_CONNECTIONS=32  rounds, wrk seconds and connections
+  BENCH_ONLY=s,snb          run only these variants
+  BENCH_BASELINE_WASM=FILE  add s-base and e-base: the (s) and (e) configs on another build
+  BENCH_OUT=DIR             output directory (target/bench)
+  BENCH_PIN=0               do not pin Envoy to CPU 0 and the load to CPU 1";
+
+/// One line on stderr, exit 1.
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("bench: {msg}");
+    std::process::exit(1)
+}
+
+/// `--help` prints the usage and exits 0; any other argument is a usage
+/// error (the bench takes its settings from the environment).
+fn parse_args() {
+    if let Some(a) = std::env::args_os().nth(1) {
+        if a == "--help" || a == "-h" {
+            println!("{HELP}");
+            std::process::exit(0);
+        }
+        eprintln!(
+            "bench: unknown argument {:?} (usage: bench, settings from BENCH_* variables; bench --help)",
+            a.to_string_lossy()
+        );
+        std::process::exit(2);
+    }
+}
+
+/// Every `.wasm` file a bootstrap loads.
+fn wasm_files(y: &Yaml, out: &mut Vec<PathBuf>) {
+    match y {
+        Yaml::Mapping(m) => {
+            if let Some(f) = y["vm_config"]["code"]["local"]["filename"].as_str() {
+                out.push(repo_root().join(f));
+            }
+            m.values().for_each(|v| wasm_files(v, out));
+        }
+        Yaml::Sequence(s) => s.iter().for_each(|v| wasm_files(v, out)),
+        _ => {}
+    }
+}
+
+/// The most telling line of a failed Envoy's log: its last critical
+/// message, else its last error, without the log prefix.
+fn failure_reason(log: &str) -> Option<&str> {
+    let pick = |level: &str| {
+        log.lines()
+            .rev()
+            .find(|l| l.contains(level))
+            .map(|l| l.rsplit_once("] ").map_or(l, |(_, m)| m))
+    };
+    pick("][critical][").or_else(|| pick("][error]["))
+}
+
+/// Whether `program` is an executable file on PATH.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// Fails with one line if something the selected variants need is missing.
+fn check_prerequisites(variants: &[Variant]) {
+    let envoy = integration::envoy_bin();
+    if !envoy.is_file() {
+        fail(format!(
+            "no Envoy at {} (run `make bench`, which installs and builds everything first)",
+            envoy.display()
+        ));
+    }
+    if !on_path("wrk") {
+        fail("wrk is not installed (run `make bench`, which installs it)");
+    }
+    for v in variants {
+        let mut files = Vec::new();
+        wasm_files(&v.bootstrap.0, &mut files);
+        if let Some(f) = files.iter().find(|f| !f.is_file()) {
+            fail(format!(
+                "variant {} needs {}, which is not built (run `make bench`, which builds every variant's filter first; or leave the variant out with BENCH_ONLY)",
+                v.key,
+                f.display()
+            ));
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    parse_args();
     let rounds = env_num("BENCH_ROUNDS", 5);
     let seconds = env_num("BENCH_SECONDS", 8);
     let connections = env_num("BENCH_CONNECTIONS", 32);
@@ -379,7 +482,9 @@ async fn main() {
     let out_dir = std::env::var_os("BENCH_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/bench"));
-    std::fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("{e}"));
+    check_prerequisites(&variants(&Bootstrap::shipped().for_test()));
+    std::fs::create_dir_all(&out_dir)
+        .unwrap_or_else(|e| fail(format!("{}: {e}", out_dir.display())));
 
     let upstreams: Vec<Upstream> = ["monolith", "auth_service", "orders_service"]
         .iter()
@@ -404,7 +509,17 @@ async fn main() {
     for v in variants(&base) {
         let envoy = match Envoy::start_with(&v.bootstrap, 1).await {
             Ok(e) => e,
-            Err(f) => panic!("variant {} did not start:\n{}", v.key, f.log),
+            Err(f) => {
+                let log = out_dir.join(format!("envoy-{}.log", v.key));
+                let _ = std::fs::write(&log, &f.log);
+                fail(format!(
+                    "variant {} did not start (exit {:?}): {} (its whole log: {})",
+                    v.key,
+                    f.exit_code,
+                    failure_reason(&f.log).unwrap_or("no error in its log"),
+                    log.display()
+                ))
+            }
         };
         if pinned {
             pin(envoy.pid(), "0");
