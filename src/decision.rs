@@ -7,9 +7,17 @@
 //! [`FILTER_STATE_KEY`], read by `%FILTER_STATE(wasm.shift_reason:PLAIN)%`
 //! in HCM `tracing.custom_tags` and access log formats.
 //!
+//! Reasons: `split`, `override`, `key_missing`, `guard` (the split chose
+//! the service, the route's guard is tripped: monolith), `breaker_fallback`
+//! (the split chose the service, its breaker is open: monolith) and
+//! `breaker_reject` (the same with `on_open: reject`: a 503 from the
+//! filter, no upstream).
+//!
 //! Publishing costs a host call, so the common reason, [`Reason::Split`],
 //! is not published: the shipped configs read a request that has the
 //! target header and no reason as a split (see README "Tracing").
+
+use crate::config::Target;
 
 /// The property the filter sets (proxy-wasm `set_property(["shift_reason"])`).
 pub const PROPERTY: &str = "shift_reason";
@@ -29,15 +37,23 @@ pub enum Reason {
     BreakerFallback,
     /// No key (or an empty one): sent to the monolith.
     KeyMissing,
+    /// The split at the route's percent chose the service, and the route's
+    /// guard is tripped: sent to the monolith.
+    Guard,
+    /// The split chose the service, its breaker was open (`on_open:
+    /// reject`): answered 503 by the filter, never sent upstream.
+    BreakerReject,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 6] = [
         Reason::Split,
         Reason::Override,
         Reason::BreakerFallback,
         Reason::KeyMissing,
+        Reason::Guard,
+        Reason::BreakerReject,
     ];
 
     /// The reason of a decision before the breaker is asked: an override
@@ -55,6 +71,19 @@ impl Reason {
         }
     }
 
+    /// The side and reason once the route's guard is asked, for a decision
+    /// of reason `self` that went to `target` at the route's own percent: a
+    /// tripped guard turns a [`Reason::Split`] to the service into
+    /// [`Reason::Guard`] to the monolith. Anything else stands (a forced
+    /// request goes where it was forced to; a split to the monolith went
+    /// there anyway, and is still a split).
+    pub fn guarded(self, target: Target, tripped: bool) -> (Target, Reason) {
+        match (self, target) {
+            (Reason::Split, Target::Service) if tripped => (Target::Monolith, Reason::Guard),
+            _ => (target, self),
+        }
+    }
+
     /// The value on spans and log lines.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,6 +91,8 @@ impl Reason {
             Reason::Override => "override",
             Reason::BreakerFallback => "breaker_fallback",
             Reason::KeyMissing => "key_missing",
+            Reason::Guard => "guard",
+            Reason::BreakerReject => "breaker_reject",
         }
     }
 
@@ -84,8 +115,45 @@ mod tests {
         let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
             all,
-            ["split", "override", "breaker_fallback", "key_missing"]
+            [
+                "split",
+                "override",
+                "breaker_fallback",
+                "key_missing",
+                "guard",
+                "breaker_reject"
+            ]
         );
+    }
+
+    #[test]
+    fn a_tripped_guard_turns_only_a_split_to_the_service_into_guard() {
+        use Target::{Monolith, Service};
+        // Tripped: the service's share of the split goes to the monolith.
+        assert_eq!(
+            Reason::Split.guarded(Service, true),
+            (Monolith, Reason::Guard)
+        );
+        // Keys the split gives the monolith went there anyway.
+        assert_eq!(
+            Reason::Split.guarded(Monolith, true),
+            (Monolith, Reason::Split)
+        );
+        // A forced request and a missing key are not the guard's.
+        assert_eq!(
+            Reason::Override.guarded(Service, true),
+            (Service, Reason::Override)
+        );
+        assert_eq!(
+            Reason::KeyMissing.guarded(Monolith, true),
+            (Monolith, Reason::KeyMissing)
+        );
+        // Not tripped: nothing changes.
+        for r in [Reason::Split, Reason::Override] {
+            for t in [Monolith, Service] {
+                assert_eq!(r.guarded(t, false), (t, r));
+            }
+        }
     }
 
     #[test]

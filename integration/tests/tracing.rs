@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration::{client, repo_root, send, Bootstrap, Envoy, Upstream};
+use integration::{client, random_ids, repo_root, send, Bootstrap, Envoy, Upstream};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_yaml::Value as Yaml;
 use tokio_stream::wrappers::TcpListenerStream;
-use traffic_shift::config::Config;
+use traffic_shift::config::{Config, Target};
 use traffic_shift::decision::{Reason, FILTER_STATE_KEY};
 
 /// An OTLP/gRPC trace receiver on a free loopback port, keeping every span.
@@ -116,8 +116,16 @@ const PLUGIN_CONFIG: &str = r#"{"monolith": "monolith",
     {"name": "keyed", "prefix": "/keyed/", "service": "auth_service", "percent": 100,
      "hash_key": {"header": "x-user-id"}},
     {"name": "fb", "prefix": "/fb/", "service": "orders_service", "percent": 100,
-     "outlier": {"consecutive_failures": 1, "base_ejection_ms": 60000, "on_open": "fallback"}}
+     "outlier": {"consecutive_failures": 1, "base_ejection_ms": 60000, "on_open": "fallback"}},
+    {"name": "rj", "prefix": "/rj/", "service": "orders_service", "percent": 100,
+     "outlier": {"consecutive_failures": 1, "base_ejection_ms": 60000, "on_open": "reject"}},
+    {"name": "guarded", "prefix": "/guarded/", "service": "orders_service", "percent": 50,
+     "hash_key": {"header": "x-user-id"}, "guard": {"window_s": 5, "min_requests": 20}}
   ]}"#;
+
+/// A user the `guarded` route's split (50 %, salt "") gives the service:
+/// bucket 1996 (a golden vector).
+const GUARDED_USER: &str = "a";
 
 /// `envoy/envoy.yaml` for a test, with the OpenTelemetry provider and
 /// collector cluster of `envoy/compose-envoy.yaml` pointed at `collector`,
@@ -167,9 +175,13 @@ struct Case {
     name: &'static str,
     path: &'static str,
     headers: &'static [(&'static str, &'static str)],
-    served_by: &'static str,
-    /// `None`: a request outside the filter's routes (no tags).
-    decision: Option<(&'static str, Reason)>,
+    /// `None`: answered by Envoy (the filter's breaker reply).
+    served_by: Option<&'static str>,
+    /// The target tag (`None`: no target header: outside the filter's
+    /// routes, or answered by the filter).
+    target: Option<&'static str>,
+    /// `None`: a request outside the filter's routes (no reason tag).
+    reason: Option<Reason>,
 }
 
 const CASES: &[Case] = &[
@@ -177,54 +189,120 @@ const CASES: &[Case] = &[
         name: "split-service",
         path: "/all/x",
         headers: &[],
-        served_by: "auth_service",
-        decision: Some(("auth_service", Reason::Split)),
+        served_by: Some("auth_service"),
+        target: Some("auth_service"),
+        reason: Some(Reason::Split),
     },
     Case {
         name: "split-monolith",
         path: "/none/x",
         headers: &[],
-        served_by: "monolith",
-        decision: Some(("monolith", Reason::Split)),
+        served_by: Some("monolith"),
+        target: Some("monolith"),
+        reason: Some(Reason::Split),
     },
     Case {
         name: "override",
         path: "/none/x",
         headers: &[("x-shift-force", "service")],
-        served_by: "auth_service",
-        decision: Some(("auth_service", Reason::Override)),
+        served_by: Some("auth_service"),
+        target: Some("auth_service"),
+        reason: Some(Reason::Override),
     },
     Case {
         name: "key-missing",
         path: "/keyed/x",
         headers: &[],
-        served_by: "monolith",
-        decision: Some(("monolith", Reason::KeyMissing)),
+        served_by: Some("monolith"),
+        target: Some("monolith"),
+        reason: Some(Reason::KeyMissing),
     },
     // The service answers 500: the breaker opens on this one failure...
     Case {
         name: "breaker-trips",
         path: "/fb/x",
         headers: &[],
-        served_by: "orders_service",
-        decision: Some(("orders_service", Reason::Split)),
+        served_by: Some("orders_service"),
+        target: Some("orders_service"),
+        reason: Some(Reason::Split),
     },
     // ... and the next request the split gives the service falls back.
     Case {
         name: "breaker-fallback",
         path: "/fb/x",
         headers: &[],
-        served_by: "monolith",
-        decision: Some(("monolith", Reason::BreakerFallback)),
+        served_by: Some("monolith"),
+        target: Some("monolith"),
+        reason: Some(Reason::BreakerFallback),
+    },
+    // The same with `on_open: reject`: the filter answers 503 itself, no
+    // target header is written, the reason says why.
+    Case {
+        name: "reject-trips",
+        path: "/rj/x",
+        headers: &[],
+        served_by: Some("orders_service"),
+        target: Some("orders_service"),
+        reason: Some(Reason::Split),
+    },
+    Case {
+        name: "breaker-reject",
+        path: "/rj/x",
+        headers: &[],
+        served_by: None,
+        target: None,
+        reason: Some(Reason::BreakerReject),
+    },
+    // The guard of `guarded` is tripped before these requests (see the
+    // test): a user the split gives the service goes to the monolith...
+    Case {
+        name: "guard",
+        path: "/guarded/x",
+        headers: &[("x-user-id", GUARDED_USER)],
+        served_by: Some("monolith"),
+        target: Some("monolith"),
+        reason: Some(Reason::Guard),
+    },
+    // ... and a user the split gives the monolith is still a split.
+    Case {
+        name: "guard-monolith-side",
+        path: "/guarded/x",
+        headers: &[("x-user-id", "42")],
+        served_by: Some("monolith"),
+        target: Some("monolith"),
+        reason: Some(Reason::Split),
     },
     Case {
         name: "unmatched",
         path: "/elsewhere",
         headers: &[],
-        served_by: "monolith",
-        decision: None,
+        served_by: Some("monolith"),
+        target: None,
+        reason: None,
     },
 ];
+
+/// Trips the guard of route `guarded` (its service, orders_service,
+/// answers 500 to every request; the monolith 200) with requests from
+/// fresh users, without a `case` (no span or log line is looked at).
+async fn trip_the_guard(envoy: &Envoy) {
+    let c = client();
+    let url = envoy.url("/guarded/trip");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for id in random_ids(50) {
+            send(&c, "GET", &url, &[("x-user-id", &id)]).await;
+        }
+        let m = envoy.metrics().await;
+        if m.value("traffic_shift_guard_tripped", &[("route", "guarded")]) == Some(1.0) {
+            // The request path reads the trip from VM memory, refreshed on
+            // the tick: two ticks and it is there.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return;
+        }
+    }
+    panic!("the guard of route guarded did not trip in 20 s");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_log_lines_carry_the_decision_and_its_reason() {
@@ -242,32 +320,37 @@ async fn spans_and_log_lines_carry_the_decision_and_its_reason() {
         .await
         .unwrap_or_else(|f| panic!("envoy did not start:\n{}", f.log));
 
+    // The users of the guard cases are on the documented sides of the split.
+    let config = Config::from_json(PLUGIN_CONFIG.as_bytes()).unwrap();
+    let guarded = config.routes.iter().find(|r| r.name == "guarded").unwrap();
+    assert_eq!(
+        guarded.decide_at(Some(GUARDED_USER.as_bytes()), 5000),
+        Target::Service
+    );
+    assert_eq!(guarded.decide_at(Some(b"42"), 5000), Target::Monolith);
+    trip_the_guard(&envoy).await;
+
     let c = client();
     for case in CASES {
         let url = envoy.url(&format!("{}?case={}", case.path, case.name));
         let s = send(&c, "GET", &url, case.headers).await;
-        assert_eq!(
-            s.served_by.as_deref(),
-            Some(case.served_by),
-            "{}",
-            case.name
-        );
+        assert_eq!(s.served_by.as_deref(), case.served_by, "{}", case.name);
+        if case.reason == Some(Reason::BreakerReject) {
+            assert_eq!(s.status, 503, "{}", case.name);
+        }
     }
 
     for case in CASES {
         let attrs = receiver.span_of(case.name).await;
-        let (target, reason) = match case.decision {
-            Some((t, r)) => (Some(t), Some(r.as_str())),
-            None => (None, None),
-        };
         let got = (
             tag(&attrs, "traffic_shift.target"),
             tag(&attrs, "traffic_shift.reason"),
         );
-        assert_eq!(got, (target, reason), "{}: {attrs:?}", case.name);
+        let reason = case.reason.map(Reason::as_str);
+        assert_eq!(got, (case.target, reason), "{}: {attrs:?}", case.name);
         // What the filter published itself: nothing for a split (no host
         // call), the reason otherwise.
-        let published = case.decision.and_then(|(_, r)| r.published());
+        let published = case.reason.and_then(Reason::published);
         assert_eq!(tag(&attrs, "published"), published, "{}", case.name);
     }
 
@@ -285,10 +368,8 @@ async fn spans_and_log_lines_carry_the_decision_and_its_reason() {
             .lines()
             .find(|l| l.contains(&format!("?case={} ", case.name)))
             .unwrap_or_else(|| panic!("no log line for {} in:\n{text}", case.name));
-        let (target, reason) = match case.decision {
-            Some((t, r)) => (t, r.as_str()),
-            None => ("-", "-"),
-        };
+        let target = case.target.unwrap_or("-");
+        let reason = case.reason.map_or("-", Reason::as_str);
         assert!(
             line.contains(&format!(" shift_target={target} shift_reason={reason} ")),
             "{}: {line}",

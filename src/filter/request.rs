@@ -6,8 +6,9 @@
 //! 2. Override headers are removed (when present) and a valid one forces
 //!    the side.
 //! 3. Unmatched: count it, remove a client-sent target header if any, done.
-//! 4. Matched: decide at the percent in force (0 while the route's guard is
-//!    tripped: a flag in VM memory), ask the breaker when the
+//! 4. Matched: decide at the percent in force; while the route's guard is
+//!    tripped (a flag in VM memory) the service's share goes to the
+//!    monolith (reason `guard`); ask the breaker when the
 //!    service is chosen, write the target header (Envoy, ABI 0.2.1, then
 //!    re-evaluates the route, whose header match sends the request there),
 //!    count, remember what the response path needs.
@@ -18,7 +19,7 @@ use proxy_wasm::traits::HttpContext;
 use proxy_wasm::types::Action;
 
 use super::counters::count;
-use super::{breaker, host, trace, Pending, Shift};
+use super::{breaker, guard, host, trace, Pending, Shift};
 use crate::breaker::{Admission, OnOpen};
 use crate::config::{forced_target, HashKey, Target, DEFAULT_TARGET_HEADER};
 use crate::cookie;
@@ -110,16 +111,19 @@ impl Shift {
                 count(&shared.counters, s.key_missing);
             }
         }
-        let mut target = match forced {
+        let split = match forced {
             Some(t) => {
                 if let Some(s) = stats {
                     count(&shared.counters, s.target(t).overrides);
                 }
                 t
             }
-            None => route.decide_at(key, shared.basis_points(index, now)),
+            // The route's own share; a tripped guard is applied below.
+            None => route.decide_at(key, route.basis_points_at(now)),
         };
-        let mut reason = Reason::of(forced.is_some(), key.is_none_or(<[u8]>::is_empty));
+        let (mut target, mut reason) =
+            Reason::of(forced.is_some(), key.is_none_or(<[u8]>::is_empty))
+                .guarded(split, guard::tripped(&shared, index));
 
         let mut admitted = None;
         if let (Target::Service, Some((route, settings, slot))) =
@@ -141,6 +145,7 @@ impl Shift {
                 }
                 None => {
                     count(&shared.counters, slot.stats.fast_fail);
+                    trace::publish(Reason::BreakerReject);
                     let retry_after_ms = match admission {
                         Admission::Blocked { retry_after_ms } => retry_after_ms,
                         _ => 0,
