@@ -336,7 +336,20 @@ pub struct Envoy {
     child: Child,
     pub admin: SocketAddr,
     pub listener: SocketAddr,
-    dir: tempfile::TempDir,
+    /// The bootstrap as run and the admin address file.
+    _dir: tempfile::TempDir,
+    /// Envoy's log (stderr): in the temporary directory, or where
+    /// [`Envoy::start_logged`] was told.
+    log_path: PathBuf,
+}
+
+/// Where [`Envoy::start_logged`] writes Envoy's output (files created or
+/// truncated, kept after Envoy stops).
+pub struct LogFiles {
+    /// Envoy's log (its stderr).
+    pub log: PathBuf,
+    /// Its stdout (the shipped configs' access log).
+    pub stdout: PathBuf,
 }
 
 /// Envoy exited (or never became ready) instead of serving.
@@ -354,12 +367,34 @@ impl Envoy {
 
     /// Starts Envoy with `concurrency` workers and waits until it is LIVE.
     pub async fn start_with(bootstrap: &Bootstrap, concurrency: u32) -> Result<Envoy, EnvoyFailed> {
+        Self::start_inner(bootstrap, concurrency, None).await
+    }
+
+    /// [`Envoy::start_with`], with Envoy's log and stdout written to
+    /// `files` (kept after it stops) instead of a temporary file and
+    /// /dev/null.
+    pub async fn start_logged(
+        bootstrap: &Bootstrap,
+        concurrency: u32,
+        files: &LogFiles,
+    ) -> Result<Envoy, EnvoyFailed> {
+        Self::start_inner(bootstrap, concurrency, Some(files)).await
+    }
+
+    async fn start_inner(
+        bootstrap: &Bootstrap,
+        concurrency: u32,
+        files: Option<&LogFiles>,
+    ) -> Result<Envoy, EnvoyFailed> {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin-address");
-        let log = dir.path().join("envoy.log");
+        let log = files.map_or_else(|| dir.path().join("envoy.log"), |f| f.log.clone());
         std::fs::write(&config, bootstrap.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
-        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+        let create =
+            |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let log_file = create(&log);
+        let stdout = files.map_or_else(Stdio::null, |f| Stdio::from(create(&f.stdout)));
         let child = die_with_parent(&mut Command::new(envoy_bin()))
             .arg("-c")
             .arg(&config)
@@ -369,7 +404,7 @@ impl Envoy {
             .args(["--disable-hot-restart", "-l", "info"])
             .current_dir(repo_root())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?}: {e} (run `make envoy`)", envoy_bin()));
@@ -377,7 +412,8 @@ impl Envoy {
             child,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listener: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir,
+            _dir: dir,
+            log_path: log,
         };
         match envoy.wait_ready(&admin_path).await {
             Ok(()) => Ok(envoy),
@@ -458,7 +494,7 @@ impl Envoy {
 
     /// Envoy's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

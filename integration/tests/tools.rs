@@ -1,4 +1,4 @@
-//! The user-facing tools of this package (`demo`, `xds`, `upstream`), run as
+//! The user-facing tools of this package (`demo`, `xds`, `upstream`, `bench`), run as
 //! built binaries: `--help` prints the usage and exits 0; a user error
 //! (unknown or non-UTF-8 argument, missing file, port in use) is one line on
 //! stderr naming it and a non-zero exit, never a panic. None of these runs
@@ -10,10 +10,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOOLS: [(&str, &str); 3] = [
+const TOOLS: [(&str, &str); 4] = [
     ("demo", env!("CARGO_BIN_EXE_demo")),
     ("xds", env!("CARGO_BIN_EXE_xds")),
     ("upstream", env!("CARGO_BIN_EXE_upstream")),
+    ("bench", env!("CARGO_BIN_EXE_bench")),
 ];
 
 /// Exit code (a death by signal fails here), stdout, stderr. A tool that
@@ -142,4 +143,24 @@ fn a_port_in_use_is_one_line_naming_it() {
         || err.contains("is not built");
     assert!(named, "{err}");
     assert_one_line("demo", (code, out, err), 1, "demo: ");
+}
+
+#[test]
+fn bench_without_a_variants_build_is_one_line_naming_make_bench() {
+    // A variant whose .wasm is not there (as target/single/ is until
+    // `make bench` builds it): one line, before any Envoy starts.
+    let out = Command::new(TOOLS[3].1)
+        .env("BENCH_ONLY", "s-base")
+        .env("BENCH_BASELINE_WASM", "/nonexistent/old.wasm")
+        .env("BENCH_OUT", std::env::temp_dir().join("ts-bench-missing"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let got = (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(got.1, "");
+    assert_one_line("bench", got, 1, "make bench");
 }

@@ -366,10 +366,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-const HELP: &str =
-    "bench: what the filter costs, against native Envoy routing, Lua and the wasm floor
+const HELP: &str = "bench (settings from BENCH_* variables; run it with make bench)
 
-Run it with `make bench`, which builds everything it needs first (the filter,
+What the filter costs, against native Envoy routing, Lua and the wasm floor.
+`make bench` builds everything it needs first (the filter,
 its build reading one header per call into target/single/, the tools, wrk,
 matplotlib), then plots target/bench/latency.png and runs the native benchmarks.
 

@@ -14,6 +14,13 @@
 //! unreadable or invalid config file, port in use, missing binary) is one
 //! line on stderr and exit 1 (2 for a usage error), before anything starts.
 //!
+//! Logs: Envoy's log goes to `target/demo/envoy.log` and its stdout (the
+//! access log) to `target/demo/access.log` (with `--free-ports`, under
+//! `target/demo/<demo pid>/`), both kept after it stops; the banner says
+//! so, and the filter's own log lines at warning or above (a refused
+//! configuration, breaker transitions, guard trips, shadow mismatches) are
+//! also printed on the terminal as they come.
+//!
 //! Lifecycle: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop Envoy and the
 //! upstreams (killed and reaped), then the demo exits 0. Should the demo
 //! itself be killed (SIGKILL, a crash), its children get SIGKILL from the
@@ -26,7 +33,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use integration::xds::{serve_file, PluginSpec, XdsServer};
-use integration::{envoy_bin, repo_root, upstream_bin, wasm_path, Bootstrap, Envoy, Upstream};
+use integration::{
+    envoy_bin, repo_root, upstream_bin, wasm_path, Bootstrap, Envoy, LogFiles, Upstream,
+};
 use serde_yaml::Value as Yaml;
 use traffic_shift::config::{Config, HashKey};
 use traffic_shift::routes::PathMatch;
@@ -245,6 +254,56 @@ fn envoy_failure_reason(log: &str) -> Option<&str> {
     pick("][critical][").or_else(|| pick("][error]["))
 }
 
+/// Where the demo keeps Envoy's log and access log: `target/demo/`, or a
+/// directory of its own with `--free-ports` (another demo may be running).
+fn log_files(free_ports: bool) -> LogFiles {
+    let mut dir = repo_root().join("target/demo");
+    if free_ports {
+        dir = dir.join(std::process::id().to_string());
+    }
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("{}: {e}", shown(&dir))));
+    LogFiles {
+        log: dir.join("envoy.log"),
+        stdout: dir.join("access.log"),
+    }
+}
+
+/// A line of Envoy's log the terminal should see: the filter's own
+/// (`wasm log ...`) at warning or above, as `envoy: <level>: <message>`.
+fn filter_line(line: &str) -> Option<String> {
+    let level = ["warning", "error", "critical"]
+        .into_iter()
+        .find(|l| line.contains(&format!("][{l}][")))?;
+    let (_, message) = line.split_once("] wasm log ")?;
+    Some(format!("envoy: {level}: {message}"))
+}
+
+/// Prints the filter's warnings and errors from Envoy's log as they are
+/// written (polled every 200 ms).
+async fn follow(log: PathBuf) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut at = 0u64;
+    let mut partial = String::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let Ok(mut f) = std::fs::File::open(&log) else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(at)).is_err() || f.read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        at += bytes.len() as u64;
+        partial.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some((line, rest)) = partial.split_once('\n') {
+            if let Some(l) = filter_line(line) {
+                println!("{l}");
+            }
+            partial = rest.to_string();
+        }
+    }
+}
+
 /// A panic (a bug, never a user error) is one line too; unwinding then
 /// stops the children (their owners' `Drop`).
 fn one_line_panics() {
@@ -417,13 +476,15 @@ and prints Envoy's ACK or NACK here.")
     if free_ports {
         bootstrap = bootstrap.with_upstreams(&upstreams.each_ref());
     }
-    let envoy = match Envoy::start_with(&bootstrap, 2).await {
+    let logs = log_files(free_ports);
+    let envoy = match Envoy::start_logged(&bootstrap, 2, &logs).await {
         Ok(e) => e,
         Err(f) => {
             let reason = envoy_failure_reason(&f.log).unwrap_or("no error in its log");
             fail(format!(
-                "Envoy did not start (exit {:?}): {reason}",
-                f.exit_code
+                "Envoy did not start (exit {:?}): {reason} (its log: {})",
+                f.exit_code,
+                shown(&logs.log)
             ));
         }
     };
@@ -437,6 +498,11 @@ The split at start, from {config_file} (a later change is not shown here):
 {split}
 {how_to_change}
 
+Logs, kept after the demo stops: Envoy's log in {log} (the filter's warnings
+and errors, such as a refused configuration, are also printed here as
+\"envoy: ...\"), the access log (a line per request, with shift_target= and
+shift_reason=) in {access}.
+
 Ctrl-C (or SIGTERM, SIGHUP) stops Envoy and the upstreams.",
         admin = envoy.admin,
         pid = envoy.pid(),
@@ -447,7 +513,10 @@ Ctrl-C (or SIGTERM, SIGHUP) stops Envoy and the upstreams.",
             .join(" "),
         config_file = shown(&config_path),
         split = describe(&config, l),
+        log = shown(&logs.log),
+        access = shown(&logs.stdout),
     );
+    tokio::spawn(follow(logs.log.clone()));
     let why = stop.recv().await;
     println!("stopping ({why}): Envoy and the upstreams");
     drop(envoy);
