@@ -447,10 +447,12 @@ async fn main() {
 envoy/envoy.yaml and the others from it) and restart the demo."
                 .to_string()
         }
-        Source::File => "To change a percentage live (Envoy watches the file):
-  cp envoy/ecds/traffic_shift.yaml /tmp/ts.yaml && sed -i 's/\"percent\": 10,/\"percent\": 50,/; s/version_info: .*/version_info: \"2\"/' /tmp/ts.yaml
-  cp /tmp/ts.yaml envoy/ecds/.ts.new && mv envoy/ecds/.ts.new envoy/ecds/traffic_shift.yaml
-  curl -s localhost:9901/stats | grep extension_config_discovery.http_filter.traffic_shift"
+        Source::File => "To change a percentage live (Envoy watches the file; from the repository root):
+  cp envoy/ecds/traffic_shift.yaml /tmp/ts-saved.yaml    # save it as it is, to roll back to
+  sed 's/\"percent\": 10,/\"percent\": 50,/; s/version_info: .*/version_info: \"2\"/' /tmp/ts-saved.yaml > envoy/ecds/.ts.new
+  mv envoy/ecds/.ts.new envoy/ecds/traffic_shift.yaml    # the change, as one atomic rename
+  curl -s localhost:9901/stats | grep -E 'http_filter.traffic_shift.(update_success|update_rejected|version_text)'
+  cp /tmp/ts-saved.yaml envoy/ecds/.ts.new && mv envoy/ecds/.ts.new envoy/ecds/traffic_shift.yaml    # roll back"
             .to_string(),
         Source::Grpc => {
             let server = XdsServer::start_on(control_plane, plugin_spec())
