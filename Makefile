@@ -88,6 +88,7 @@ $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION): $(ENVOY_STAMP)
 ## the SDK's exports of callbacks it does not use (each is a VM entry per request)
 build: wasm-target
 	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib
+	@[ -x target/tools/slim-exports ] || echo "first build of the integration crate's tools (tonic, envoy-types, reqwest: 165 compile units): several minutes on 2 cores, once"
 	$(CARGO) build --quiet --profile tools -p integration --bin slim-exports
 	target/tools/slim-exports $(WASM) --keep-original $(WASM:.wasm=.sdk-exports.wasm) --no-body $(WASM:.wasm=.no-body.wasm)
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
