@@ -143,8 +143,13 @@ impl Worker {
     /// A worker's state for `plan` (the first worker's comes from
     /// [`tick::configure`]).
     pub fn new(plan: &Plan) -> Worker {
+        Worker::with_counters(plan, LocalCounters::with_host_ids(&plan.counter_ids))
+    }
+
+    /// `counters`: cells for every counter of `plan`.
+    fn with_counters(plan: &Plan, counters: LocalCounters) -> Worker {
         Worker {
-            counters: LocalCounters::with_host_ids(&plan.counter_ids),
+            counters,
             breakers: plan
                 .config
                 .routes

@@ -72,8 +72,7 @@ pub fn configure(host: &impl Host, config: Config) -> (Plan, Worker) {
         counter_ids: c.host_ids().to_vec(),
         config,
     };
-    let mut worker = Worker::new(&plan);
-    worker.counters = c;
+    let worker = Worker::with_counters(&plan, c);
     (plan, worker)
 }
 
