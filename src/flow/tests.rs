@@ -249,14 +249,18 @@ fn counters_reach_the_host_on_the_tick_only_once() {
 }
 
 fn breaker_env(on_open: &str, probes: u32) -> Env {
-    Env::new(&config(
+    Env::new(&breaker_config(on_open, probes))
+}
+
+fn breaker_config(on_open: &str, probes: u32) -> String {
+    config(
         &format!(
             r#"{{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 100,
                "outlier": {{"consecutive_failures": 2, "base_ejection_ms": 5000,
                            "half_open_probes": {probes}, "on_open": "{on_open}"}}}}"#
         ),
         "",
-    ))
+    )
 }
 
 /// Two failures in a row open the breaker.
@@ -567,4 +571,88 @@ fn a_new_configuration_zeroes_the_gauges_of_a_removed_route() {
     assert_eq!(env.metric("route.auth.effective_percent_bp"), 1000);
     assert!(tick::in_force("p", generation));
     assert!(!tick::in_force("p", generation - 1));
+}
+
+/// A host shared by threads: the fake behind a lock.
+struct Locked(std::sync::Mutex<Fake>);
+
+impl Locked {
+    fn with<R>(&self, f: impl FnOnce(&Fake) -> R) -> R {
+        f(&self.0.lock().expect("not poisoned"))
+    }
+}
+
+impl super::Host for Locked {
+    fn now(&self) -> std::time::Duration {
+        self.with(|h| h.now())
+    }
+    fn define_metric(&self, kind: crate::stats::Kind, name: &str) -> Option<u32> {
+        self.with(|h| h.define_metric(kind, name))
+    }
+    fn record_metric(&self, id: u32, value: u64) {
+        self.with(|h| h.record_metric(id, value))
+    }
+    fn increment_metric(&self, id: u32, delta: u64) {
+        self.with(|h| h.increment_metric(id, delta))
+    }
+    fn store_get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        self.with(|h| h.store_get(key))
+    }
+    fn store_set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool {
+        self.with(|h| h.store_set(key, value, cas))
+    }
+    fn send_call(&self, call: super::shadow::Call) -> Option<u32> {
+        self.with(|h| h.send_call(call))
+    }
+    fn call_response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.with(|h| h.call_response_header(name))
+    }
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.with(|h| h.call_response_body(size))
+    }
+}
+
+/// Two worker threads share one plan (as a native host's configuration
+/// object), each with its own worker state: a breaker one opens sends the
+/// other's requests to the monolith, and both workers' counters add up.
+#[test]
+fn worker_threads_share_one_plan() {
+    let host = Locked(std::sync::Mutex::new(Fake::new(T0)));
+    let json = breaker_config("fallback", 1);
+    let config = Config::from_json(json.as_bytes()).expect("valid config");
+    let (plan, _) = tick::configure(&host, config);
+    let plan = std::sync::Arc::new(plan);
+    let worker = |failing: bool| {
+        let (host, plan) = (&host, plan.clone());
+        move || {
+            let worker = Worker::new(&plan);
+            let mut targets = Vec::new();
+            for _ in 0..2 {
+                let stream =
+                    FakeStream::new(&[(":method", "GET"), (":path", "/orders/1"), ("x-user", "u")]);
+                let mut pending = None;
+                let bytes = request::read_headers(&stream);
+                request::on_request(host, &stream, &plan, &worker, &bytes, &mut pending);
+                targets.push(stream.written("x-shift-target").flatten());
+                stream.respond(&[(":status", if failing { "503" } else { "200" })]);
+                response::on_response(host, &stream, &plan, &worker, pending);
+            }
+            tick::tick(host, &plan, &worker, true);
+            targets
+        }
+    };
+    std::thread::scope(|s| {
+        let first = s.spawn(worker(true)).join().expect("first worker");
+        assert_eq!(
+            first,
+            [Some("orders_service".into()), Some("orders_service".into())]
+        );
+        let second = s.spawn(worker(false)).join().expect("second worker");
+        assert_eq!(second, [Some("monolith".into()), Some("monolith".into())]);
+    });
+    let total = |t: &str| {
+        host.with(|h| h.metric(&format!("traffic_shift.route.orders.target.{t}.rq_total")))
+    };
+    assert_eq!(total("service"), 2);
+    assert_eq!(total("monolith"), 2);
 }
