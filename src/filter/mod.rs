@@ -22,7 +22,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Config;
-use crate::flow::{self, Next, Pending, Plan, Worker};
+use crate::flow::{self, Exchange, Next, Plan, Worker};
 use host::{Http, Wasm};
 
 proxy_wasm::main! {{
@@ -130,8 +130,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Shift {
             shared: self.shared.clone(),
-            pending: None,
-            shadow: None,
+            exchange: Exchange::default(),
         }))
     }
 
@@ -145,16 +144,14 @@ struct Shift {
     /// refused; then the filter does nothing (every request takes the
     /// catch-all route to the monolith).
     shared: Option<Rc<Shared>>,
-    pending: Option<Pending>,
-    /// A shadowed request's side of the comparison.
-    shadow: Option<flow::shadow::Primary>,
+    exchange: Exchange,
 }
 
 impl Drop for Shift {
     /// A shadowed request whose stream went early ends as incomplete.
     fn drop(&mut self) {
         if let Some(s) = &self.shared {
-            flow::shadow::end(&s.host(), &s.plan, &s.worker, &mut self.shadow);
+            self.exchange.end(&s.host(), &s.plan, &s.worker);
         }
     }
 }
@@ -178,36 +175,17 @@ impl HttpContext for Shift {
         let Some(s) = &self.shared else {
             return action(flow::request::unconfigured(&Http));
         };
-        let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);
-        let headers = flow::request::read_headers(&Http);
         let next =
-            flow::request::on_request(host, &Http, plan, worker, &headers, &mut self.pending);
-        let pending = self.pending.as_ref();
-        flow::shadow::start(
-            host,
-            &Http,
-            plan,
-            worker,
-            pending,
-            headers,
-            end_of_stream,
-            &mut self.shadow,
-        );
+            self.exchange
+                .on_request_headers(&s.host(), &Http, &s.plan, &s.worker, end_of_stream);
         action(next)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(s) = &self.shared {
             let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);
-            flow::shadow::request_body(
-                host,
-                &Http,
-                plan,
-                worker,
-                &mut self.shadow,
-                body_size,
-                end_of_stream,
-            );
+            self.exchange
+                .on_request_body(host, &Http, plan, worker, body_size, end_of_stream);
         }
         Action::Continue
     }
@@ -215,15 +193,8 @@ impl HttpContext for Shift {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(s) = &self.shared {
             let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);
-            flow::shadow::response_headers(
-                host,
-                &Http,
-                plan,
-                worker,
-                &mut self.shadow,
-                end_of_stream,
-            );
-            flow::response::on_response(host, &Http, plan, worker, self.pending.take());
+            self.exchange
+                .on_response_headers(host, &Http, plan, worker, end_of_stream);
         }
         Action::Continue
     }
@@ -231,15 +202,8 @@ impl HttpContext for Shift {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(s) = &self.shared {
             let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);
-            flow::shadow::response_body(
-                host,
-                &Http,
-                plan,
-                worker,
-                &mut self.shadow,
-                body_size,
-                end_of_stream,
-            );
+            self.exchange
+                .on_response_body(host, &Http, plan, worker, body_size, end_of_stream);
         }
         Action::Continue
     }

@@ -5,6 +5,8 @@
 //!
 //! One file per concern:
 //!
+//! - `exchange.rs`: one HTTP exchange, the steps each stream callback runs
+//!   (a host's callbacks call these and nothing else);
 //! - `request.rs`: the request path (headers read once, decision, target
 //!   header, breaker admission);
 //! - `response.rs`: the response path (outcome, counters, histogram,
@@ -27,6 +29,7 @@
 
 pub mod breaker;
 pub mod counters;
+pub mod exchange;
 pub mod guard;
 pub mod request;
 pub mod response;
@@ -44,6 +47,7 @@ use crate::config::Config;
 use crate::decision::Reason;
 use crate::stats::{Kind, LocalCounters, RouteStats, ShadowStats};
 pub use counters::Metric;
+pub use exchange::Exchange;
 
 /// Process-wide host services: clock, metrics, the store shared by every
 /// worker (breaker and guard state), calls out and their answers.

@@ -3,8 +3,7 @@
 //! counters on the tick, and the host calls a request costs.
 
 use super::fake::{Fake, FakeStream};
-use super::shadow::Primary;
-use super::{request, response, shadow, tick, Next, Pending, Plan, Worker};
+use super::{request, response, shadow, tick, Exchange, Next, Plan, Worker};
 use crate::config::Config;
 use crate::decision::Reason;
 
@@ -20,8 +19,7 @@ struct Env {
 struct Req {
     stream: FakeStream,
     next: Next,
-    pending: Option<Pending>,
-    primary: Option<Primary>,
+    exchange: Exchange,
 }
 
 impl Req {
@@ -47,32 +45,18 @@ impl Env {
 
     fn request(&self, headers: &[(&str, &str)], end_of_stream: bool) -> Req {
         let stream = FakeStream::new(headers);
-        let mut pending = None;
-        let mut primary = None;
-        let bytes = request::read_headers(&stream);
-        let next = request::on_request(
+        let mut exchange = Exchange::default();
+        let next = exchange.on_request_headers(
             &self.host,
             &stream,
             &self.plan,
             &self.worker,
-            &bytes,
-            &mut pending,
-        );
-        shadow::start(
-            &self.host,
-            &stream,
-            &self.plan,
-            &self.worker,
-            pending.as_ref(),
-            bytes,
             end_of_stream,
-            &mut primary,
         );
         Req {
             stream,
             next,
-            pending,
-            primary,
+            exchange,
         }
     }
 
@@ -84,24 +68,16 @@ impl Env {
         )
     }
 
-    /// The upstream answers `status` (headers only, end of stream).
+    /// The upstream answers (headers only, end of stream).
     fn respond(&self, r: &mut Req, headers: &[(&str, &str)]) {
         r.stream.respond(headers);
-        shadow::response_headers(
-            &self.host,
-            &r.stream,
-            &self.plan,
-            &self.worker,
-            &mut r.primary,
-            true,
-        );
-        response::on_response(
-            &self.host,
-            &r.stream,
-            &self.plan,
-            &self.worker,
-            r.pending.take(),
-        );
+        r.exchange
+            .on_response_headers(&self.host, &r.stream, &self.plan, &self.worker, true);
+    }
+
+    /// The stream is gone.
+    fn end(&self, r: &mut Req) {
+        r.exchange.end(&self.host, &self.plan, &self.worker);
     }
 
     fn status(&self, r: &mut Req, status: u16) {
@@ -222,7 +198,7 @@ fn unmatched_requests_are_counted_and_lose_a_client_target_header() {
         true,
     );
     assert_eq!(r.next, Next::Continue);
-    assert!(r.pending.is_none());
+    assert!(r.exchange.pending.is_none());
     assert_eq!(r.stream.written("x-shift-target"), Some(None));
     // Without a client copy nothing is written (a write re-runs routing).
     let r = env.request(&[(":method", "GET"), (":path", "/other")], true);
@@ -293,7 +269,7 @@ fn breaker_open_rejects_with_retry_after() {
     env.host.advance(1200);
     let r = env.get("/orders/1", "u");
     assert_eq!(r.next, Next::Stop);
-    assert!(r.pending.is_none());
+    assert!(r.exchange.pending.is_none());
     assert!(r.target().is_none(), "no target for a rejected request");
     let reply = r.stream.reply.borrow().clone().expect("a local reply");
     assert_eq!(reply.0, 503);
@@ -477,7 +453,7 @@ fn a_primary_gone_early_ends_its_shadow() {
     // The stream ends before its response: the shadow's answer finds an
     // incomplete primary.
     let mut r = env.get("/orders/1", "a");
-    shadow::end(&env.host, &env.plan, &env.worker, &mut r.primary);
+    env.end(&mut r);
     env.host.answer(&[(":status", "200")], b"");
     shadow::on_answer(&env.host, &env.plan, &env.worker, 1, 1, 0);
     // A request whose body never came: skipped.
@@ -489,7 +465,7 @@ fn a_primary_gone_early_ends_its_shadow() {
         env.host.calls.borrow().len() == 1,
         "not sent before its body"
     );
-    shadow::end(&env.host, &env.plan, &env.worker, &mut r.primary);
+    env.end(&mut r);
     env.tick();
     assert_eq!(env.metric("route.orders.shadow.result.skipped"), 2);
     assert_eq!(env.worker.shadows.in_flight(), 0);
@@ -655,4 +631,70 @@ fn worker_threads_share_one_plan() {
     };
     assert_eq!(total("service"), 2);
     assert_eq!(total("monolith"), 2);
+}
+
+#[test]
+fn shadow_carries_the_request_body_and_compares_response_bodies() {
+    let env = Env::new(&config(
+        r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 0,
+            "shadow": {"percent": 100, "methods": ["POST"], "compare_body": true,
+                       "max_body_bytes": 8}}"#,
+        "",
+    ));
+    let post = [(":method", "POST"), (":path", "/orders/1"), ("x-user", "u")];
+    let body = |r: &mut Req, chunk: &[u8], end: bool| {
+        *r.stream.chunk.borrow_mut() = chunk.to_vec();
+        r.exchange.on_request_body(
+            &env.host,
+            &r.stream,
+            &env.plan,
+            &env.worker,
+            chunk.len(),
+            end,
+        );
+    };
+    let answer = |r: &mut Req, token: u32, primary: &[u8], shadow: &[u8]| {
+        r.stream.respond(&[(":status", "200")]);
+        r.exchange
+            .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+        *r.stream.chunk.borrow_mut() = primary.to_vec();
+        r.exchange.on_response_body(
+            &env.host,
+            &r.stream,
+            &env.plan,
+            &env.worker,
+            primary.len(),
+            true,
+        );
+        env.host.answer(&[(":status", "200")], shadow);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 1, shadow.len());
+    };
+    // The body in two chunks; sent with the last one.
+    let mut r = env.request(&post, false);
+    body(&mut r, b"ab", false);
+    assert!(
+        env.host.calls.borrow().is_empty(),
+        "sent before the body ended"
+    );
+    body(&mut r, b"cd", true);
+    assert_eq!(
+        env.host.calls.borrow().first().map(|(_, c)| c.body.clone()),
+        Some(Some(b"abcd".to_vec()))
+    );
+    answer(&mut r, 1, b"same", b"same");
+    // Bodies that differ.
+    let mut r = env.request(&post, false);
+    body(&mut r, b"x", true);
+    answer(&mut r, 2, b"mine", b"your");
+    // A request body over max_body_bytes: never sent.
+    let mut r = env.request(&post, false);
+    body(&mut r, b"123456789", true);
+    assert_eq!(env.host.calls.borrow().len(), 2);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
+    // GET is not among the methods: not shadowed.
+    env.get("/orders/1", "u");
+    assert_eq!(env.host.calls.borrow().len(), 2);
 }
