@@ -486,9 +486,16 @@ fn a_split_request_costs_the_same_host_calls_as_before() {
     let env = Env::new(&config(ORDERS, ""));
     env.host.take_log();
     let mut r = env.get("/orders/1", "u");
+    // The shipped build reads the header map in one call; the bench's
+    // `single-header-reads` build reads :method, :path and the key.
+    let read: &[&str] = if request::BULK {
+        &["request_headers"]
+    } else {
+        &["request_header"; 3]
+    };
     assert_eq!(
         r.stream.take_log(),
-        ["request_headers", "set_request_header"]
+        [read, &["set_request_header"]].concat()
     );
     assert_eq!(env.host.take_log(), ["now"]);
     env.status(&mut r, 200);
@@ -500,11 +507,10 @@ fn a_split_request_costs_the_same_host_calls_as_before() {
     assert_eq!(
         r.stream.take_log(),
         [
-            "request_headers",
-            "set_request_header",
-            "response_header",
-            "response_flags"
+            read,
+            &["set_request_header", "response_header", "response_flags"]
         ]
+        .concat()
     );
 }
 
