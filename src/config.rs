@@ -36,12 +36,9 @@ pub enum HashKey {
     Cookie(String),
 }
 
-/// Which side a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Monolith,
-    Service,
-}
+/// Which side a request goes to (defined with the decision, so that core
+/// modules the configuration imports need not import the configuration).
+pub use crate::decision::Target;
 
 /// One validated route.
 #[derive(Debug, Clone, PartialEq)]

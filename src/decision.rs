@@ -17,13 +17,18 @@
 //! is not published: the shipped configs read a request that has the
 //! target header and no reason as a split (see README "Tracing").
 
-use crate::config::Target;
-
 /// The property the filter sets (proxy-wasm `set_property(["shift_reason"])`).
 pub const PROPERTY: &str = "shift_reason";
 
 /// The filter state key Envoy stores [`PROPERTY`] under.
 pub const FILTER_STATE_KEY: &str = "wasm.shift_reason";
+
+/// Which side a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Monolith,
+    Service,
+}
 
 /// Why a request of one of the filter's routes went to its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,9 +20,12 @@
 //! - [`stats`]: every stat name, the label regexes, response accounting.
 //! - `envoy/` (native only, for the CLI): the Envoy bootstrap a
 //!   configuration needs, and a lint of an existing one against it.
-//! - `filter/` (wasm32 only): the thin proxy-wasm glue mapping host calls to
-//!   the core above, one file per host concern. Nothing in the core knows
-//!   about proxy-wasm.
+//! - [`flow`]: the request flow (request, response, breaker and guard
+//!   state, shadow calls, the tick), written once over a `Host` and a
+//!   `Stream` trait; tested natively with a fake host.
+//! - `filter/` (wasm32 only): the proxy-wasm host: callbacks that call the
+//!   flow, and the host calls behind its traits. Nothing in the core or
+//!   the flow knows about proxy-wasm.
 #![cfg_attr(
     not(test),
     deny(
@@ -39,6 +42,7 @@ pub mod cookie;
 pub mod decision;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod envoy;
+pub mod flow;
 pub mod guard;
 pub mod hash;
 pub mod headers;

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::Target;
+use crate::decision::Target;
 
 /// Request header every shadow request carries (`x-shift-shadow: 1`).
 pub const SHADOW_HEADER: &str = "x-shift-shadow";

@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 
-use crate::config::Target;
+use crate::decision::Target;
 
 /// Prefix of every stat of this filter.
 pub const PREFIX: &str = "traffic_shift";
@@ -244,6 +244,19 @@ impl LocalCounters {
         self.host.push(host);
         self.deltas.push(Cell::new(0));
         CounterId(self.deltas.len() - 1)
+    }
+
+    /// Another worker's cells for the same counters (all at zero).
+    pub fn with_host_ids(host: &[Option<u32>]) -> LocalCounters {
+        LocalCounters {
+            host: host.to_vec(),
+            deltas: host.iter().map(|_| Cell::new(0)).collect(),
+        }
+    }
+
+    /// The host id of every counter, by [`CounterId`].
+    pub fn host_ids(&self) -> &[Option<u32>] {
+        &self.host
     }
 
     pub fn add(&self, id: CounterId, n: u64) {

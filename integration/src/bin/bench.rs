@@ -30,8 +30,8 @@
 //!
 //! Env: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_CONNECTIONS (32),
 //! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys),
-//! BENCH_BASELINE_WASM (another build of the filter, run with the (s) and
-//! (e) configs as s-base and e-base).
+//! BENCH_BASELINE_WASM (another build of the filter, run with the (s), (e),
+//! (g) and (w0) configs as s-base, e-base, g-base and w0-base).
 //!
 //! `--help` prints the usage. Missing pieces (Envoy, wrk, a variant's
 //! `.wasm`: `target/single/` is built by `make bench` only) are one line
@@ -98,6 +98,9 @@ fn split_config_with(n: usize, extra: &str) -> String {
         routes.join(",")
     )
 }
+
+/// The guard of the (g) variants.
+const GUARD: &str = r#", "guard": {"max_latency_ratio": 2}"#;
 
 /// The bench route's `shadow` member at `percent`.
 fn shadow(percent: u32) -> String {
@@ -217,10 +220,8 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
         variant(
             "g",
             "traffic-shift, split + stats + guard",
-            base.clone().with_plugin_config(&split_config_with(
-                1,
-                r#", "guard": {"max_latency_ratio": 2}"#,
-            )),
+            base.clone()
+                .with_plugin_config(&split_config_with(1, GUARD)),
         ),
         variant(
             "s1k",
@@ -268,6 +269,20 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
             "baseline build, split + stats + breaker",
             base.clone()
                 .with_plugin_config(&split_config(1, true))
+                .with_wasm(&old),
+        ));
+        out.push(variant(
+            "g-base",
+            "baseline build, split + stats + guard",
+            base.clone()
+                .with_plugin_config(&split_config_with(1, GUARD))
+                .with_wasm(&old),
+        ));
+        out.push(variant(
+            "w0-base",
+            "baseline build, split + stats + shadow at 0 %",
+            base.clone()
+                .with_plugin_config(&split_config_with(1, &shadow(0)))
                 .with_wasm(&old),
         ));
     }

@@ -1,14 +1,13 @@
-//! The guard's host side: outcomes counted per worker in VM memory, merged
-//! into shared data on the tick, a trip published there once and read back
-//! by every worker on its next tick (so a trip reaches all workers within
-//! about two ticks). The request path only reads a flag in VM memory.
+//! The guard's host side: outcomes counted per worker in worker memory,
+//! merged into the host's store on the tick, a trip published there once
+//! and read back by every worker on its next tick (so a trip reaches all
+//! workers within about two ticks). The request path only reads a flag in
+//! worker memory.
 
 use std::cell::{Cell, RefCell};
 
-use proxy_wasm::hostcalls;
-
 use super::counters::{self, Metric};
-use super::Shared;
+use super::{Host, Plan, Worker};
 use crate::config::{Route, Target};
 use crate::guard::{self, Reason, Settings, Side, State, Window};
 use crate::stats::{GuardStats, LocalCounters};
@@ -16,14 +15,37 @@ use crate::stats::{GuardStats, LocalCounters};
 /// Compare-and-swap attempts before a merge is left for the next tick.
 const CAS_ATTEMPTS: usize = 32;
 
-/// One route's guard in this VM.
+/// One route's guard.
 pub struct Slot {
     pub key: String,
     pub stats: GuardStats<Metric>,
+}
+
+/// One route's guard in one worker.
+#[derive(Default)]
+pub struct Local {
     /// This worker's outcomes not merged yet.
-    local: RefCell<Window>,
-    /// The trip as last read from shared data.
+    window: RefCell<Window>,
+    /// The trip as last read from the store.
     tripped: Cell<bool>,
+}
+
+impl Local {
+    /// Request path: whether the route is rolled back.
+    pub fn tripped(&self) -> bool {
+        self.tripped.get()
+    }
+
+    /// Response path: counts one completed request (worker memory only).
+    pub fn observe(&self, s: &Settings, now: u64, target: Target, status: u16, latency_ms: u64) {
+        let side = match target {
+            Target::Monolith => Side::Monolith,
+            Target::Service => Side::Service,
+        };
+        self.window
+            .borrow_mut()
+            .add(s.window_s, now, side, status >= 500, latency_ms);
+    }
 }
 
 impl Slot {
@@ -31,39 +53,30 @@ impl Slot {
         Some(Slot {
             key: route.guard_key()?,
             stats,
-            local: RefCell::new(Window::default()),
-            tripped: Cell::new(false),
         })
-    }
-
-    /// Request path: whether the route is rolled back.
-    pub fn tripped(&self) -> bool {
-        self.tripped.get()
-    }
-
-    /// Response path: counts one completed request (VM memory only).
-    pub fn observe(&self, s: &Settings, now: u64, target: Target, status: u16, latency_ms: u64) {
-        let side = match target {
-            Target::Monolith => Side::Monolith,
-            Target::Service => Side::Service,
-        };
-        self.local
-            .borrow_mut()
-            .add(s.window_s, now, side, status >= 500, latency_ms);
     }
 
     /// The tick: merges this worker's counts, judges the merged window
     /// (unless already tripped), publishes a trip, reads the trip state.
-    pub fn tick(&self, route: &Route, s: &Settings, c: &LocalCounters, now: u64) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn tick(
+        &self,
+        host: &impl Host,
+        local: &Local,
+        route: &Route,
+        s: &Settings,
+        c: &LocalCounters,
+        now: u64,
+    ) {
         for _ in 0..CAS_ATTEMPTS {
-            let Ok((bytes, cas)) = hostcalls::get_shared_data(&self.key) else {
+            let Some((bytes, cas)) = host.store_get(&self.key) else {
                 return;
             };
-            let mut state = State::decode(&bytes.unwrap_or_default()).unwrap_or_default();
-            let local = self.local.borrow();
-            let dirty = !local.is_empty();
-            state.window.merge(&local);
-            drop(local);
+            let mut state = State::decode(&bytes).unwrap_or_default();
+            let window = local.window.borrow();
+            let dirty = !window.is_empty();
+            state.window.merge(&window);
+            drop(window);
             let trip = match state.tripped {
                 Some(_) => None,
                 None => guard::evaluate(s, &state.window.totals(s.window_s, now)),
@@ -71,12 +84,12 @@ impl Slot {
             if let Some(t) = &trip {
                 state.tripped = Some(t.reason);
             }
-            let stored = (!dirty && trip.is_none())
-                || hostcalls::set_shared_data(&self.key, Some(&state.encode()), cas).is_ok();
+            let stored =
+                (!dirty && trip.is_none()) || host.store_set(&self.key, Some(&state.encode()), cas);
             if !stored {
                 continue;
             }
-            *self.local.borrow_mut() = Window::default();
+            *local.window.borrow_mut() = Window::default();
             if let Some(t) = trip {
                 counters::count(
                     c,
@@ -94,28 +107,33 @@ impl Slot {
                     s.window_s
                 );
             }
-            self.tripped.set(state.tripped.is_some());
-            counters::record(self.stats.tripped, u64::from(self.tripped.get()));
+            local.tripped.set(state.tripped.is_some());
+            counters::record(host, self.stats.tripped, u64::from(local.tripped.get()));
             return;
         }
     }
 }
 
 /// The guard of route `index`, if it has one.
-pub fn of(shared: &Shared, index: usize) -> Option<(&Route, &Settings, &Slot)> {
-    let route = shared.config.routes.get(index)?;
+pub fn of<'a>(
+    plan: &'a Plan,
+    worker: &'a Worker,
+    index: usize,
+) -> Option<(&'a Route, &'a Settings, &'a Slot, &'a Local)> {
+    let route = plan.config.routes.get(index)?;
     let settings = route.guard.as_ref()?;
-    let slot = shared.guards.get(index)?.as_ref()?;
-    Some((route, settings, slot))
+    let slot = plan.guards.get(index)?.as_ref()?;
+    let local = worker.guards.get(index)?;
+    Some((route, settings, slot, local))
 }
 
 /// Whether route `index` is rolled back by its guard.
-pub fn tripped(shared: &Shared, index: usize) -> bool {
-    of(shared, index).is_some_and(|(_, _, g)| g.tripped())
+pub fn tripped(plan: &Plan, worker: &Worker, index: usize) -> bool {
+    of(plan, worker, index).is_some_and(|(_, _, _, g)| g.tripped())
 }
 
 /// Frees a guard key no configuration uses any more (the value goes; the
-/// key name stays in shared data, a few bytes).
-pub fn release(key: &str) {
-    let _ = hostcalls::set_shared_data(key, None, None);
+/// key name stays in the store, a few bytes).
+pub fn release(host: &impl Host, key: &str) {
+    let _ = host.store_set(key, None, None);
 }

@@ -1,18 +1,16 @@
-//! The breaker's process-wide state in shared data.
+//! The breaker's process-wide state in the host's store.
 //!
 //! One key per (route, service) holds the [`Breaker`]; a healthy breaker is
 //! the empty value, so the request path's one read copies nothing into the
-//! VM, and a success of a request admitted while healthy needs no access at
-//! all. Changes are compare-and-swap, retried. Routes with `failure_rate`
-//! also count outcomes in a per-worker [`Window`] (VM memory), merged into a
-//! second key on the tick and read on a failure.
+//! worker, and a success of a request admitted while healthy needs no
+//! access at all. Changes are compare-and-swap, retried. Routes with
+//! `failure_rate` also count outcomes in a per-worker [`Window`] (worker
+//! memory), merged into a second key on the tick and read on a failure.
 
 use std::cell::RefCell;
 
-use proxy_wasm::hostcalls;
-
 use super::counters::{self, Metric};
-use super::Shared;
+use super::{Host, Plan, Worker};
 use crate::breaker::{Admission, Breaker, Settings, State, Ticket, Transition, Window};
 use crate::config::Route;
 use crate::stats::{BreakerStats, LocalCounters};
@@ -20,9 +18,8 @@ use crate::stats::{BreakerStats, LocalCounters};
 /// Compare-and-swap attempts before an update is dropped.
 const CAS_ATTEMPTS: usize = 32;
 
-/// The shared-data key listing every breaker key this vm_id ever created
-/// (one per line), so their number is observable
-/// (`traffic_shift_breaker_keys`).
+/// The store key listing every breaker key this store ever held (one per
+/// line), so their number is observable (`traffic_shift_breaker_keys`).
 const REGISTRY_KEY: &str = "traffic_shift.breaker.keys";
 
 /// Where a route's breaker lives and what it reports to.
@@ -31,9 +28,11 @@ pub struct Slot {
     /// Routes with `failure_rate`: the merged window's key.
     window_key: Option<String>,
     pub stats: BreakerStats<Metric>,
-    /// This worker's outcomes not merged yet.
-    local: RefCell<Window>,
 }
+
+/// One worker's outcomes not merged yet (routes with `failure_rate`).
+#[derive(Default)]
+pub struct Local(RefCell<Window>);
 
 /// How a request bound to the service was admitted, for its outcome.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +47,7 @@ pub struct Admitted {
 /// run several times; only the result of the run that was stored is
 /// returned.
 fn update<R>(
+    host: &impl Host,
     key: &str,
     mut first: Option<(Vec<u8>, Option<u32>)>,
     mut f: impl FnMut(&mut Breaker) -> R,
@@ -55,15 +55,12 @@ fn update<R>(
     for _ in 0..CAS_ATTEMPTS {
         let (before, cas) = match first.take() {
             Some(read) => read,
-            None => {
-                let (bytes, cas) = hostcalls::get_shared_data(key).ok()?;
-                (bytes.unwrap_or_default(), cas)
-            }
+            None => host.store_get(key)?,
         };
         let mut b = Breaker::decode(&before).unwrap_or_default();
         let r = f(&mut b);
         let after = b.encode();
-        if after == before || hostcalls::set_shared_data(key, Some(&after), cas).is_ok() {
+        if after == before || host.store_set(key, Some(&after), cas) {
             return Some((r, b));
         }
     }
@@ -80,16 +77,15 @@ fn registry_len(registry: &[u8]) -> usize {
 
 /// Adds `key` to the registry (compare-and-swap, retried); the number of
 /// keys registered.
-fn register_key(key: &str) -> Option<usize> {
+fn register_key(host: &impl Host, key: &str) -> Option<usize> {
     for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = hostcalls::get_shared_data(REGISTRY_KEY).ok()?;
-        let mut registry = bytes.unwrap_or_default();
+        let (mut registry, cas) = host.store_get(REGISTRY_KEY)?;
         if registry.split(|&b| b == b'\n').any(|l| l == key.as_bytes()) {
             return Some(registry_len(&registry));
         }
         registry.extend_from_slice(key.as_bytes());
         registry.push(b'\n');
-        if hostcalls::set_shared_data(REGISTRY_KEY, Some(&registry), cas).is_ok() {
+        if host.store_set(REGISTRY_KEY, Some(&registry), cas) {
             return Some(registry_len(&registry));
         }
     }
@@ -97,7 +93,13 @@ fn register_key(key: &str) -> Option<usize> {
 }
 
 /// Logs a transition, counts openings, sets the state gauge.
-fn report(route: &Route, stats: &BreakerStats<Metric>, c: &LocalCounters, t: &Transition) {
+fn report(
+    host: &impl Host,
+    route: &Route,
+    stats: &BreakerStats<Metric>,
+    c: &LocalCounters,
+    t: &Transition,
+) {
     if t.to == State::Open {
         counters::count(c, stats.opened);
         log::warn!(
@@ -118,22 +120,25 @@ fn report(route: &Route, stats: &BreakerStats<Metric>, c: &LocalCounters, t: &Tr
             t.reason
         );
     }
-    counters::record(stats.state, t.to as u64);
+    counters::record(host, stats.state, t.to as u64);
 }
 
 impl Slot {
     /// The slot of `route`, if it has a breaker; registers its key and
     /// returns the number of breaker keys known.
-    pub fn new(route: &Route, stats: BreakerStats<Metric>) -> Option<(Slot, Option<usize>)> {
+    pub fn new(
+        host: &impl Host,
+        route: &Route,
+        stats: BreakerStats<Metric>,
+    ) -> Option<(Slot, Option<usize>)> {
         let key = route.breaker_key()?;
-        let keys = register_key(&key);
+        let keys = register_key(host, &key);
         let rate = route.outlier.as_ref()?.failure_rate.as_ref();
         Some((
             Slot {
                 window_key: rate.map(|_| format!("{key}.window")),
                 key,
                 stats,
-                local: RefCell::new(Window::default()),
             },
             keys,
         ))
@@ -145,22 +150,22 @@ impl Slot {
     /// Also says whether the breaker was healthy.
     pub fn admit(
         &self,
+        host: &impl Host,
         route: &Route,
         s: &Settings,
         c: &LocalCounters,
         now: u64,
     ) -> (Admission, bool) {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(&self.key) else {
+        let Some((bytes, cas)) = host.store_get(&self.key) else {
             return (Admission::Pass, false);
         };
-        let bytes = bytes.unwrap_or_default();
         if bytes.is_empty() {
             return (Admission::Pass, true);
         }
-        match update(&self.key, Some((bytes, cas)), |b| b.admit(s, now)) {
+        match update(host, &self.key, Some((bytes, cas)), |b| b.admit(s, now)) {
             Some(((admission, t), _)) => {
                 if let Some(t) = t {
-                    report(route, &self.stats, c, &t);
+                    report(host, route, &self.stats, c, &t);
                 }
                 (admission, false)
             }
@@ -169,11 +174,14 @@ impl Slot {
     }
 
     /// Response path: the outcome of a request sent to the service. No
-    /// shared-data access for a success admitted while the breaker was
-    /// healthy (the common case); otherwise one compare-and-swap (plus one
-    /// read of the merged window for a failure on a failure-rate route).
+    /// store access for a success admitted while the breaker was healthy
+    /// (the common case); otherwise one compare-and-swap (plus one read of
+    /// the merged window for a failure on a failure-rate route).
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
+        host: &impl Host,
+        local: &Local,
         route: &Route,
         s: &Settings,
         c: &LocalCounters,
@@ -183,60 +191,70 @@ impl Slot {
     ) {
         let rate = s.failure_rate.as_ref();
         if let Some(rate) = rate {
-            self.local.borrow_mut().add(rate.window_ms, now, failure);
+            local.0.borrow_mut().add(rate.window_ms, now, failure);
         }
         if !failure && a.healthy && a.ticket == Ticket::Pass {
             return;
         }
         let window = match (&self.window_key, failure) {
             (Some(key), true) => {
-                let mut w = hostcalls::get_shared_data(key)
-                    .ok()
-                    .and_then(|(b, _)| Window::decode(&b.unwrap_or_default()))
+                let mut w = host
+                    .store_get(key)
+                    .and_then(|(b, _)| Window::decode(&b))
                     .unwrap_or_default();
-                w.merge(&self.local.borrow());
+                w.merge(&local.0.borrow());
                 Some(w)
             }
             _ => None,
         };
-        let stored = update(&self.key, None, |b| {
+        let stored = update(host, &self.key, None, |b| {
             b.record(s, now, failure, a.ticket, window.as_ref())
         });
         if let Some((Some(t), _)) = stored {
-            report(route, &self.stats, c, &t);
+            report(host, route, &self.stats, c, &t);
         }
     }
 
     /// The tick: merges this worker's window into the shared one, runs the
     /// time-driven transitions and the failure-rate check, sets the gauge.
-    pub fn tick(&self, route: &Route, s: &Settings, c: &LocalCounters, now: u64) {
-        let merged = self.window_key.as_ref().and_then(|k| self.merge(k));
-        let stored = update(&self.key, None, |b| {
+    pub fn tick(
+        &self,
+        host: &impl Host,
+        local: &Local,
+        route: &Route,
+        s: &Settings,
+        c: &LocalCounters,
+        now: u64,
+    ) {
+        let merged = self
+            .window_key
+            .as_ref()
+            .and_then(|k| self.merge(host, local, k));
+        let stored = update(host, &self.key, None, |b| {
             b.advance(s, now)
                 .or_else(|| b.check_rate(s, now, merged.as_ref()?))
         });
         if let Some((t, b)) = stored {
             if let Some(t) = t {
-                report(route, &self.stats, c, &t);
+                report(host, route, &self.stats, c, &t);
             }
-            counters::record(self.stats.state, b.state() as u64);
+            counters::record(host, self.stats.state, b.state() as u64);
         }
     }
 
     /// Adds the local window into the shared one; the merged window.
-    fn merge(&self, key: &str) -> Option<Window> {
+    fn merge(&self, host: &impl Host, local: &Local, key: &str) -> Option<Window> {
         for _ in 0..CAS_ATTEMPTS {
-            let (bytes, cas) = hostcalls::get_shared_data(key).ok()?;
-            let bytes = bytes.unwrap_or_default();
+            let (bytes, cas) = host.store_get(key)?;
             let mut w = Window::decode(&bytes).unwrap_or_default();
-            let local = self.local.borrow();
-            if local.is_empty() {
+            let l = local.0.borrow();
+            if l.is_empty() {
                 return Some(w);
             }
-            w.merge(&local);
-            drop(local);
-            if hostcalls::set_shared_data(key, Some(&w.encode()), cas).is_ok() {
-                self.local.borrow_mut().clear();
+            w.merge(&l);
+            drop(l);
+            if host.store_set(key, Some(&w.encode()), cas) {
+                local.0.borrow_mut().clear();
                 return Some(w);
             }
         }
@@ -244,10 +262,16 @@ impl Slot {
     }
 }
 
-/// The slot and settings of route `index`, if it has a breaker.
-pub fn of(shared: &Shared, index: usize) -> Option<(&Route, &Settings, &Slot)> {
-    let route = shared.config.routes.get(index)?;
+/// The slot, settings and worker window of route `index`, if it has a
+/// breaker.
+pub fn of<'a>(
+    plan: &'a Plan,
+    worker: &'a Worker,
+    index: usize,
+) -> Option<(&'a Route, &'a Settings, &'a Slot, &'a Local)> {
+    let route = plan.config.routes.get(index)?;
     let settings = route.outlier.as_ref()?;
-    let slot = shared.breakers.get(index)?.as_ref()?;
-    Some((route, settings, slot))
+    let slot = plan.breakers.get(index)?.as_ref()?;
+    let local = worker.breakers.get(index)?;
+    Some((route, settings, slot, local))
 }
