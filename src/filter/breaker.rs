@@ -188,13 +188,13 @@ impl Slot {
         if !failure && a.healthy && a.ticket == Ticket::Pass {
             return;
         }
-        let window = match (&self.window_key, failure) {
-            (Some(key), true) => {
+        let window = match (&self.window_key, rate, failure) {
+            (Some(key), Some(rate), true) => {
                 let mut w = hostcalls::get_shared_data(key)
                     .ok()
                     .and_then(|(b, _)| Window::decode(&b.unwrap_or_default()))
                     .unwrap_or_default();
-                w.merge(&self.local.borrow());
+                w.merge(&self.local.borrow(), rate.window_ms, now);
                 Some(w)
             }
             _ => None,
@@ -210,7 +210,10 @@ impl Slot {
     /// The tick: merges this worker's window into the shared one, runs the
     /// time-driven transitions and the failure-rate check, sets the gauge.
     pub fn tick(&self, route: &Route, s: &Settings, c: &LocalCounters, now: u64) {
-        let merged = self.window_key.as_ref().and_then(|k| self.merge(k));
+        let merged = match (&self.window_key, &s.failure_rate) {
+            (Some(k), Some(rate)) => self.merge(k, rate.window_ms, now),
+            _ => None,
+        };
         let stored = update(&self.key, None, |b| {
             b.advance(s, now)
                 .or_else(|| b.check_rate(s, now, merged.as_ref()?))
@@ -224,7 +227,7 @@ impl Slot {
     }
 
     /// Adds the local window into the shared one; the merged window.
-    fn merge(&self, key: &str) -> Option<Window> {
+    fn merge(&self, key: &str, window_ms: u64, now: u64) -> Option<Window> {
         for _ in 0..CAS_ATTEMPTS {
             let (bytes, cas) = hostcalls::get_shared_data(key).ok()?;
             let bytes = bytes.unwrap_or_default();
@@ -233,7 +236,7 @@ impl Slot {
             if local.is_empty() {
                 return Some(w);
             }
-            w.merge(&local);
+            w.merge(&local, window_ms, now);
             drop(local);
             if hostcalls::set_shared_data(key, Some(&w.encode()), cas).is_ok() {
                 self.local.borrow_mut().clear();
