@@ -458,37 +458,73 @@ impl Breaker {
         out
     }
 
-    /// The inverse of [`Breaker::encode`]; the empty value is a healthy
-    /// breaker; `None` for anything else (treat as a fresh breaker).
+    /// The inverse of [`Breaker::encode`], read forward; the empty value is
+    /// a healthy breaker; `None` for anything else (treat as a fresh
+    /// breaker).
+    ///
+    /// Layouts (first byte):
+    /// - 2: [`ENCODED_LEN`] bytes, written by this release. A later layout
+    ///   must keep these bytes as they are and only append (a change that
+    ///   cannot must use another key): this release reads a later layout's
+    ///   first [`ENCODED_LEN`] bytes, so a rollback, or an older module
+    ///   still running beside a newer one under the same `vm_id`, keeps an
+    ///   open breaker open.
+    /// - 1: an earlier development layout (34 bytes, or 194 with a
+    ///   failure-rate window, which is dropped): no probe round, no probe
+    ///   time.
     pub fn decode(bytes: &[u8]) -> Option<Breaker> {
-        if bytes.is_empty() {
-            return Some(Breaker::default());
+        match bytes.first() {
+            None => Some(Breaker::default()),
+            Some(1) if bytes.len() == LAYOUT_1_LEN || bytes.len() == LAYOUT_1_LEN + 160 => {
+                let mut r = Reader(bytes.get(1..)?);
+                let state = Self::state_of(r.u8()?)?;
+                Some(Breaker {
+                    state,
+                    consecutive: r.u32()?,
+                    ejections: r.u32()?,
+                    round: 0,
+                    probes_issued: r.u32()?,
+                    probes_ok: r.u32()?,
+                    since_or_until: r.u64()?,
+                    last_probe_ms: 0,
+                    last_ejection_ms: r.u64()?,
+                })
+            }
+            Some(&v)
+                if (v == VERSION && bytes.len() == ENCODED_LEN)
+                    || (v > VERSION && bytes.len() >= ENCODED_LEN) =>
+            {
+                let mut r = Reader(bytes.get(1..)?);
+                let state = Self::state_of(r.u8()?)?;
+                Some(Breaker {
+                    state,
+                    consecutive: r.u32()?,
+                    ejections: r.u32()?,
+                    round: r.u32()?,
+                    probes_issued: r.u32()?,
+                    probes_ok: r.u32()?,
+                    since_or_until: r.u64()?,
+                    last_probe_ms: r.u64()?,
+                    last_ejection_ms: r.u64()?,
+                })
+            }
+            Some(_) => None,
         }
-        if bytes.len() != ENCODED_LEN || bytes.first() != Some(&VERSION) {
-            return None;
+    }
+
+    fn state_of(b: u8) -> Option<State> {
+        match b {
+            0 => Some(State::Closed),
+            1 => Some(State::Open),
+            2 => Some(State::HalfOpen),
+            _ => None,
         }
-        let mut r = Reader(bytes.get(1..)?);
-        let state = match r.u8()? {
-            0 => State::Closed,
-            1 => State::Open,
-            2 => State::HalfOpen,
-            _ => return None,
-        };
-        Some(Breaker {
-            state,
-            consecutive: r.u32()?,
-            ejections: r.u32()?,
-            round: r.u32()?,
-            probes_issued: r.u32()?,
-            probes_ok: r.u32()?,
-            since_or_until: r.u64()?,
-            last_probe_ms: r.u64()?,
-            last_ejection_ms: r.u64()?,
-        })
     }
 }
 
 const VERSION: u8 = 2;
+/// Layout 1's size without its failure-rate window.
+const LAYOUT_1_LEN: usize = 2 + 4 * 4 + 2 * 8;
 /// Encoded size of a breaker that is not healthy.
 pub const ENCODED_LEN: usize = 2 + 5 * 4 + 3 * 8;
 
