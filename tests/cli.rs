@@ -634,3 +634,55 @@ fn check_envoy_usage_errors_are_one_line() {
     let (code, _, err) = lint_copy(|t| t + "  - [\n");
     assert_one_line_error(code, &err, "traffic-shift: COPY: not YAML: ");
 }
+
+/// Issue 20, item 6: a configuration naming a cluster `xds` (with `--ads`)
+/// or `otel_collector` (with `--otlp`) got a bootstrap with two clusters of
+/// that name, which Envoy refuses.
+#[test]
+fn envoy_refuses_a_cluster_named_like_one_it_adds() {
+    let config = |service: &str| {
+        format!(
+            r#"{{"monolith": "monolith", "routes": [{{"name": "a", "prefix": "/a/", "service": "{service}", "percent": 10}}]}}"#
+        )
+    };
+    for (service, flag, what) in [
+        ("xds", "--ads", "the control plane"),
+        ("otel_collector", "--otlp", "the trace collector"),
+    ] {
+        let cluster = format!("{service}=127.0.0.1:2");
+        let args = [
+            "envoy",
+            "-",
+            "--cluster",
+            "monolith=127.0.0.1:1",
+            "--cluster",
+            &cluster,
+            flag,
+            "127.0.0.1:3",
+        ];
+        let (code, out, err) = check_like(&args, &config(service));
+        assert_one_line_error(
+            code,
+            &err,
+            &format!("traffic-shift: cluster {service} (routes[0].service): {flag} adds a cluster of that name ({what}); rename it in the configuration"),
+        );
+        assert_eq!(out, "");
+        // Without the flag the name is free.
+        let (code, _, err) = check_like(&args[..6], &config(service));
+        assert_eq!((code, err.as_str()), (0, ""));
+    }
+}
+
+/// Issue 20, item 6: `check --envoy` reports a cluster defined twice.
+#[test]
+fn check_envoy_finds_a_cluster_defined_twice() {
+    let (code, out, err) = lint_copy(|t| {
+        t.replacen(
+            "  - name: orders_service\n",
+            "  - name: auth_service\n    type: STATIC\n  - name: orders_service\n",
+            1,
+        )
+    });
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err, "COPY: error: static_resources.clusters: cluster auth_service is defined 2 times (Envoy refuses the bootstrap)\n");
+}

@@ -6,12 +6,13 @@
 //! 2. a service cluster without a route on `target_header: <service>` in a
 //!    virtual host, or with a route before it that would catch its traffic;
 //! 3. a cluster the configuration names that the bootstrap does not define;
-//! 4. a missing or different `stats_tags` entry of [`STATS_TAGS`].
+//! 4. a missing or different `stats_tags` entry of [`STATS_TAGS`];
+//! 5. a cluster name defined twice in `static_resources.clusters`.
 //!
 //! Warnings (it works, with a risk the message names):
-//! 5. nothing strips the target header before routing;
-//! 6. a failure policy other than `FAIL_OPEN`;
-//! 7. what this file does not say: routes from RDS, clusters from CDS, the
+//! 6. nothing strips the target header before routing;
+//! 7. a failure policy other than `FAIL_OPEN`;
+//! 8. what this file does not say: routes from RDS, clusters from CDS, the
 //!    filter from ECDS, a route matcher this check cannot evaluate.
 
 // Indexing a `serde_yaml::Value` never panics: a missing key or index reads
@@ -328,6 +329,14 @@ fn check_clusters(f: &mut Findings, b: &Yaml, config: &Config) {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
+    for (i, name) in defined.iter().enumerate() {
+        let n = defined.iter().filter(|d| *d == name).count();
+        if n > 1 && !defined[..i].contains(name) {
+            f.error(format!(
+                "static_resources.clusters: cluster {name} is defined {n} times (Envoy refuses the bootstrap)"
+            ));
+        }
+    }
     let cds = !b["dynamic_resources"]["cds_config"].is_null();
     for (name, field) in named_clusters(config) {
         if defined.contains(&name) {
