@@ -1,11 +1,13 @@
 //! The breaker and the gauges across configuration updates (file ECDS, two
 //! workers): a breaker keeps its state when only its settings change, and
 //! the gauges of a removed route or breaker read 0 instead of their last
-//! value.
+//! value; an open breaker stays open when Envoy loads a new `.wasm` with
+//! the same `vm_id`.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use integration::{send, EcdsFile, Stack, Upstream};
+use integration::{send, wasm_path, EcdsFile, Envoy, Stack, Upstream};
 
 fn fresh_connections() -> reqwest::Client {
     reqwest::Client::builder()
@@ -133,4 +135,76 @@ async fn gauges_of_removed_routes_and_breakers_read_zero() {
     );
     // Without its breaker the route sends everything to the service again.
     assert_eq!(to_service(&stack, 5).await, 5);
+}
+
+/// Points the ECDS resource at another `.wasm` file (same plugin config,
+/// same vm_id) and waits until Envoy applied it.
+async fn apply_wasm(envoy: &Envoy, ecds: &EcdsFile, version: &str, wasm: &Path) {
+    const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
+    let accepted = envoy.counter(&format!("{ECDS}.update_success")).await;
+    let file = ecds.dir.path().join(EcdsFile::FILE);
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    doc["version_info"] = version.into();
+    doc["resources"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+        wasm.to_string_lossy().into_owned().into();
+    let tmp = ecds.dir.path().join(".next.yaml");
+    std::fs::write(&tmp, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while envoy.counter(&format!("{ECDS}.update_success")).await <= accepted {
+        assert!(Instant::now() < deadline, "Envoy never applied {version}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The filter's `.wasm` with a custom section appended: a valid module
+/// with other bytes (another release, as far as Envoy can tell).
+fn byte_different_copy(dir: &Path) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(wasm_path()).unwrap();
+    // Custom section (id 0): its size, name length 1, name "x", payload.
+    let payload = b"20 item4";
+    bytes.push(0);
+    bytes.push((2 + payload.len()) as u8);
+    bytes.push(1);
+    bytes.push(b'x');
+    bytes.extend_from_slice(payload);
+    let path = dir.join("traffic_shift_next.wasm");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Issue 20, item 4: Envoy loads a new `.wasm` (other bytes, same vm_id)
+/// into fresh VMs in the same process. Shared data is kept per vm_id, so
+/// the new module finds the breaker the old one opened, and reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_stays_open_across_a_new_wasm_with_the_same_vm_id() {
+    let cfg = config(&[auth(
+        r#", "outlier": {"consecutive_failures": 3, "base_ejection_ms": 60000}"#,
+    )]);
+    let (stack, ecds) = failing_service_stack(&cfg).await;
+    assert_eq!(to_service(&stack, 20).await, 3, "3 failures open it");
+    const CREATED: &str = "wasm.envoy.wasm.runtime.v8.created";
+    let created = stack.envoy.counter(CREATED).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = byte_different_copy(dir.path());
+    apply_wasm(&stack.envoy, &ecds, "v2", &copy).await;
+    // Fresh VMs for the new bytes: at least the main thread's and one per
+    // worker (seen: 5 before, 10 after, 4 active throughout).
+    let now = stack.envoy.wait_counter(CREATED, created + 3).await;
+    assert!(
+        now >= created + 3,
+        "VMs created: {created} before, {now} after"
+    );
+    assert_eq!(
+        to_service(&stack, 20).await,
+        0,
+        "the breaker of (auth, auth_service) is still open"
+    );
+    let m = stack.envoy.metrics().await;
+    assert_eq!(
+        m.get("traffic_shift_breaker_state", &[("route", "auth")]),
+        1.0
+    );
 }
