@@ -142,6 +142,16 @@ async fn gauges_of_removed_routes_and_breakers_read_zero() {
 async fn apply_wasm(envoy: &Envoy, ecds: &EcdsFile, version: &str, wasm: &Path) {
     const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
     let accepted = envoy.counter(&format!("{ECDS}.update_success")).await;
+    write_wasm(ecds, version, wasm);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while envoy.counter(&format!("{ECDS}.update_success")).await <= accepted {
+        assert!(Instant::now() < deadline, "Envoy never applied {version}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rewrites the ECDS resource with another `.wasm` file.
+fn write_wasm(ecds: &EcdsFile, version: &str, wasm: &Path) {
     let file = ecds.dir.path().join(EcdsFile::FILE);
     let mut doc: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -151,11 +161,6 @@ async fn apply_wasm(envoy: &Envoy, ecds: &EcdsFile, version: &str, wasm: &Path) 
     let tmp = ecds.dir.path().join(".next.yaml");
     std::fs::write(&tmp, serde_yaml::to_string(&doc).unwrap()).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while envoy.counter(&format!("{ECDS}.update_success")).await <= accepted {
-        assert!(Instant::now() < deadline, "Envoy never applied {version}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The filter's `.wasm` with a custom section appended: a valid module
@@ -201,6 +206,48 @@ async fn an_open_breaker_stays_open_across_a_new_wasm_with_the_same_vm_id() {
         to_service(&stack, 20).await,
         0,
         "the breaker of (auth, auth_service) is still open"
+    );
+    let m = stack.envoy.metrics().await;
+    assert_eq!(
+        m.get("traffic_shift_breaker_state", &[("route", "auth")]),
+        1.0
+    );
+}
+
+/// Issue 20, items 4 and 5: the upgrade itself. A release before issue 20
+/// kept the breaker under a key without the filter's identity; this one
+/// inherits that state, so loading it into a running Envoy keeps an open
+/// breaker open. Needs that earlier .wasm (e.g. built from commit ede9b79
+/// with `make build`), so it runs by hand:
+/// `TRAFFIC_SHIFT_PREVIOUS_WASM=old.wasm cargo test -p integration --test
+/// reload -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TRAFFIC_SHIFT_PREVIOUS_WASM, a .wasm built before issue 20"]
+async fn an_open_breaker_stays_open_across_an_upgrade_from_keys_without_filter_identity() {
+    let previous = std::env::var_os("TRAFFIC_SHIFT_PREVIOUS_WASM")
+        .map(std::path::PathBuf::from)
+        .expect("TRAFFIC_SHIFT_PREVIOUS_WASM: a .wasm built before issue 20");
+    let cfg = config(&[auth(
+        r#", "outlier": {"consecutive_failures": 3, "base_ejection_ms": 60000}"#,
+    )]);
+    let ecds = EcdsFile::new("v1", &cfg);
+    write_wasm(&ecds, "v1", &previous);
+    let stack = Stack::start_bootstrap(
+        ecds.bootstrap(),
+        2,
+        vec![
+            Upstream::start("monolith"),
+            Upstream::with_status("auth_service", 500),
+            Upstream::start("orders_service"),
+        ],
+    )
+    .await;
+    assert_eq!(to_service(&stack, 20).await, 3, "3 failures open it");
+    apply_wasm(&stack.envoy, &ecds, "v2", &wasm_path()).await;
+    assert_eq!(
+        to_service(&stack, 20).await,
+        0,
+        "the breaker is still open after the upgrade"
     );
     let m = stack.envoy.metrics().await;
     assert_eq!(

@@ -1,6 +1,6 @@
 //! The breaker's process-wide state in shared data.
 //!
-//! One key per (route, service) holds the [`Breaker`]; a healthy breaker is
+//! One key per (filter, route, service, path) holds the [`Breaker`]; a healthy breaker is
 //! the empty value, so the request path's one read copies nothing into the
 //! VM, and a success of a request admitted while healthy needs no access at
 //! all. Changes are compare-and-swap, retried. Routes with `failure_rate`
@@ -33,6 +33,13 @@ pub struct Slot {
     pub stats: BreakerStats<Metric>,
     /// This worker's outcomes not merged yet.
     local: RefCell<Window>,
+}
+
+impl Slot {
+    /// The shared-data key of the breaker state.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// How a request bound to the service was admitted, for its outcome.
@@ -121,11 +128,41 @@ fn report(route: &Route, stats: &BreakerStats<Metric>, c: &LocalCounters, t: &Tr
     counters::record(stats.state, t.to as u64);
 }
 
+/// A key never written in this process inherits the state an earlier
+/// release kept under the route's key without filter identity
+/// ([`Route::breaker_key`]), so an upgrade (new `.wasm`, same vm_id) keeps
+/// an open breaker open. Once the key was written it never looks back (an
+/// old state cannot come back after the breaker closed). The old key is
+/// left as it is (a rollback reads it).
+fn inherit(key: &str, legacy: Option<String>) {
+    let Some(legacy) = legacy else {
+        return;
+    };
+    if !matches!(hostcalls::get_shared_data(key), Ok((_, None))) {
+        return;
+    }
+    let Ok((Some(old), _)) = hostcalls::get_shared_data(&legacy) else {
+        return;
+    };
+    if old.is_empty() || Breaker::decode(&old).is_none() {
+        return;
+    }
+    if hostcalls::set_shared_data(key, Some(&old), None).is_ok() {
+        log::info!("breaker {key}: state inherited from {legacy}");
+    }
+}
+
 impl Slot {
-    /// The slot of `route`, if it has a breaker; registers its key and
-    /// returns the number of breaker keys known.
-    pub fn new(route: &Route, stats: BreakerStats<Metric>) -> Option<(Slot, Option<usize>)> {
-        let key = route.breaker_key()?;
+    /// The slot of `route` in the filter `filter`
+    /// ([`crate::config::Config::filter_identity`]), if it has a breaker;
+    /// registers its key and returns the number of breaker keys known.
+    pub fn new(
+        route: &Route,
+        filter: u64,
+        stats: BreakerStats<Metric>,
+    ) -> Option<(Slot, Option<usize>)> {
+        let key = route.breaker_key_in(filter)?;
+        inherit(&key, route.breaker_key());
         let keys = register_key(&key);
         let rate = route.outlier.as_ref()?.failure_rate.as_ref();
         Some((

@@ -27,7 +27,6 @@ mod shadow;
 mod trace;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ use counters::Metric;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, shared: None, plugin: String::new(), generation: 0 })
+        Box::new(Root { id, shared: None })
     });
 }}
 
@@ -72,14 +71,6 @@ impl Drop for Shared {
     }
 }
 
-/// The gauges a configuration set, by route name, so that the next
-/// configuration of the same plugin can zero those it no longer sets.
-#[derive(Default)]
-struct Gauges {
-    generation: u64,
-    routes: Vec<RouteGauges>,
-}
-
 /// The gauges of one route, and its guard's shared-data key.
 #[derive(Clone)]
 struct RouteGauges {
@@ -89,13 +80,95 @@ struct RouteGauges {
     guard: Option<(Metric, String)>,
 }
 
+/// A configuration live in this VM (its root context not deleted yet):
+/// the gauges it sets and the shared-data keys it ticks.
+struct Live {
+    root: u32,
+    gauges: Vec<RouteGauges>,
+    breaker_keys: Vec<String>,
+}
+
 thread_local! {
-    /// Per plugin name: the gauges of the configuration in force in this VM.
-    static IN_FORCE: RefCell<HashMap<String, Gauges>> = RefCell::new(HashMap::new());
+    /// Every live configuration of this VM, oldest first. Envoy gives a
+    /// root context no identity beyond its plugin name, which two filters
+    /// of one VM may share, and a configuration update makes a new root
+    /// context while the old one lives on until Envoy deletes it. So
+    /// nothing is keyed by plugin name: a key (breaker, guard) is ticked by
+    /// the newest live configuration holding it, and a gauge is zeroed, a
+    /// guard key released, when the last live configuration setting or
+    /// holding it is deleted.
+    static LIVE: RefCell<Vec<Live>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether `root` is the newest live configuration for which `holds` is
+/// true.
+fn newest(root: u32, holds: impl Fn(&Live) -> bool) -> bool {
+    LIVE.with(|l| {
+        l.borrow()
+            .iter()
+            .rev()
+            .find(|x| holds(x))
+            .is_some_and(|x| x.root == root)
+    })
+}
+
+/// Registers `root`'s configuration (replacing an earlier one of the same
+/// root, whose leftovers are cleared).
+fn join(root: u32, shared: &Shared) {
+    leave(root);
+    let breaker_keys = shared
+        .breakers
+        .iter()
+        .flatten()
+        .map(|b| b.key().to_string())
+        .collect();
+    LIVE.with(|l| {
+        l.borrow_mut().push(Live {
+            root,
+            gauges: shared.gauges(),
+            breaker_keys,
+        })
+    });
+}
+
+/// Unregisters `root`: zeroes the gauges only it set (a removed or renamed
+/// route, a removed breaker or guard), so that no dashboard or alert reads
+/// a stale value, and frees guard state no live configuration uses.
+fn leave(root: u32) {
+    let Some(gone) = LIVE.with(|l| {
+        let mut l = l.borrow_mut();
+        let i = l.iter().position(|x| x.root == root)?;
+        Some(l.remove(i))
+    }) else {
+        return;
+    };
+    LIVE.with(|l| {
+        let l = l.borrow();
+        let others = || l.iter().flat_map(|x| &x.gauges);
+        for g in &gone.gauges {
+            let same = || others().filter(|o| o.name == g.name);
+            if same().next().is_none() {
+                counters::record(g.effective_bp, 0);
+            }
+            if let Some(state) = g.breaker_state {
+                if !same().any(|o| o.breaker_state.is_some()) {
+                    counters::record(state, 0);
+                }
+            }
+            if let Some((tripped, key)) = &g.guard {
+                if !same().any(|o| o.guard.is_some()) {
+                    counters::record(*tripped, 0);
+                }
+                if !others().any(|o| o.guard.as_ref().is_some_and(|(_, k)| k == key)) {
+                    guard::release(key);
+                }
+            }
+        }
+    });
 }
 
 impl Shared {
-    fn new(config: Config, root: u32) -> Shared {
+    fn new(config: Config, root: u32, filter: u64) -> Shared {
         let mut c = LocalCounters::default();
         let stats: Vec<RouteStats<Metric>> = config
             .routes
@@ -110,7 +183,7 @@ impl Shared {
                 r.outlier.as_ref()?;
                 let bs =
                     BreakerStats::define(&r.name, &mut |k, n: &str| counters::define(&mut c, k, n));
-                let (slot, n) = breaker::Slot::new(r, bs)?;
+                let (slot, n) = breaker::Slot::new(r, filter, bs)?;
                 keys = n.or(keys);
                 Some(slot)
             })
@@ -171,59 +244,28 @@ impl Shared {
 }
 
 struct Root {
-    /// This root context's id (shadow calls are sent from it).
+    /// This root context's id (shadow calls are sent from it; the
+    /// configuration's entry in [`LIVE`]).
     id: u32,
     shared: Option<Rc<Shared>>,
-    /// This plugin's name (the configurations of one filter share it).
-    plugin: String,
-    /// Which configuration of the plugin this root holds, in this VM.
-    generation: u64,
 }
 
 impl Root {
-    /// Zeroes the gauges the previous configuration of this plugin set and
-    /// this one does not (a removed or renamed route, a removed breaker or
-    /// guard), so that no dashboard or alert reads a stale value, and frees
-    /// guard state no configuration uses any more. Returns this
-    /// configuration's generation.
-    fn take_over_gauges(&self, shared: &Shared) -> u64 {
-        let now = shared.gauges();
-        IN_FORCE.with(|m| {
-            let mut m = m.borrow_mut();
-            let entry = m.entry(self.plugin.clone()).or_default();
-            for old in &entry.routes {
-                let kept = now.iter().find(|r| r.name == old.name);
-                if kept.is_none() {
-                    counters::record(old.effective_bp, 0);
-                }
-                if let (Some(state), None) = (old.breaker_state, kept.and_then(|k| k.breaker_state))
-                {
-                    counters::record(state, 0);
-                }
-                if let Some((tripped, key)) = &old.guard {
-                    let new = kept.and_then(|k| k.guard.as_ref());
-                    if new.is_none() {
-                        counters::record(*tripped, 0);
-                    }
-                    if new.is_none_or(|(_, k)| k != key) {
-                        guard::release(key);
-                    }
-                }
-            }
-            entry.generation += 1;
-            entry.routes = now;
-            entry.generation
+    /// Whether this root ticks shared-data key `key` (breaker or guard):
+    /// it is the newest live configuration holding it.
+    fn ticks(&self, key: &str) -> bool {
+        newest(self.id, |x| {
+            x.breaker_keys.iter().any(|k| k == key)
+                || x.gauges
+                    .iter()
+                    .any(|g| g.guard.as_ref().is_some_and(|(_, k)| k == key))
         })
     }
 
-    /// Whether this root's configuration is still the plugin's latest in
-    /// this VM (an old root may tick until Envoy deletes it).
-    fn in_force(&self) -> bool {
-        IN_FORCE.with(|m| {
-            m.borrow()
-                .get(&self.plugin)
-                .is_some_and(|g| g.generation == self.generation)
-        })
+    /// Whether this root keeps route `name`'s effective-percent gauge
+    /// current (the newest live configuration with that route).
+    fn sets_gauge(&self, name: &str) -> bool {
+        newest(self.id, |x| x.gauges.iter().any(|g| g.name == name))
     }
 }
 
@@ -231,6 +273,7 @@ impl Drop for Root {
     fn drop(&mut self) {
         if let Some(s) = &self.shared {
             s.shadows.root_gone();
+            leave(self.id);
         }
     }
 }
@@ -255,18 +298,20 @@ impl RootContext for Root {
                 return false;
             }
         };
-        self.plugin = self
-            .get_property(vec!["plugin_name"])
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let property = |name: &str| {
+            self.get_property(vec![name])
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let filter = config.filter_identity(&property("plugin_name"), &property("plugin_root_id"));
         log::info!(
             "configured: {} route(s), monolith cluster \"{}\", target header \"{}\"",
             config.routes.len(),
             config.monolith,
             config.target_header
         );
-        let shared = Shared::new(config, self.id);
-        self.generation = self.take_over_gauges(&shared);
+        let shared = Shared::new(config, self.id, filter);
+        join(self.id, &shared);
         let now = host::now_ms();
         for (i, s) in shared.stats.iter().enumerate() {
             counters::record(s.effective_bp, u64::from(shared.basis_points(i, now)));
@@ -282,16 +327,17 @@ impl RootContext for Root {
             return;
         };
         counters::flush(&shared.counters);
-        if !self.in_force() {
-            return;
-        }
         let now = host::now_ms();
         for i in 0..shared.config.routes.len() {
             if let Some((route, settings, slot)) = guard::of(shared, i) {
-                slot.tick(route, settings, &shared.counters, now);
+                if self.ticks(&slot.key) {
+                    slot.tick(route, settings, &shared.counters, now);
+                }
             }
             if let Some((route, settings, slot)) = breaker::of(shared, i) {
-                slot.tick(route, settings, &shared.counters, now);
+                if self.ticks(slot.key()) {
+                    slot.tick(route, settings, &shared.counters, now);
+                }
             }
         }
         for (i, ((route, s), g)) in shared
@@ -302,7 +348,7 @@ impl RootContext for Root {
             .zip(&shared.guards)
             .enumerate()
         {
-            if !route.ramp.is_empty() || g.is_some() {
+            if (!route.ramp.is_empty() || g.is_some()) && self.sets_gauge(&route.name) {
                 counters::record(s.effective_bp, u64::from(shared.basis_points(i, now)));
             }
         }
