@@ -255,3 +255,41 @@ async fn an_open_breaker_stays_open_across_an_upgrade_from_keys_without_filter_i
         1.0
     );
 }
+
+/// Issue 20, item 2: raising `failure_rate.window_ms` in a live config left
+/// the merged window's slices in the old, smaller slice unit, with epochs
+/// beyond every new one: new counts were dropped and the rate trigger was
+/// off until Envoy restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_failure_rate_window_still_trips() {
+    let rate = |window_ms: u32| {
+        config(&[auth(&format!(
+            r#", "outlier": {{"consecutive_failures": 0, "base_ejection_ms": 60000, "failure_rate": {{"threshold_percent": 50, "min_requests": 20, "window_ms": {window_ms}}}}}"#
+        ))])
+    };
+    let (stack, ecds) = failing_service_stack(&rate(1_000)).await;
+    // A healthy second in the 1 s window: every slice of the shared window
+    // gets an epoch in 100 ms units.
+    stack.upstreams[1].set("status", 200).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1_200) {
+        assert_eq!(to_service(&stack, 2).await, 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // merged on the ticks
+
+    ecds.apply(&stack.envoy, "v2", &rate(10_000)).await;
+    stack.upstreams[1].set("status", 500).await;
+    let failed = to_service(&stack, 40).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        to_service(&stack, 20).await,
+        0,
+        "open after {failed} failures of 40 (threshold 50 %, 20 requests)"
+    );
+    let m = stack.envoy.metrics().await;
+    assert_eq!(
+        m.get("traffic_shift_breaker_opened", &[("route", "auth")]),
+        1.0
+    );
+}
