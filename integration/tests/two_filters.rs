@@ -123,8 +123,8 @@ async fn two_filters_with_one_plugin_name_keep_their_own_breakers() {
 
 /// By design: two filters sending the same requests (same route, path,
 /// service, monolith and target header) to the same Envoy cluster share
-/// its breaker, whatever their percent or salt. (Their configs must differ:
-/// identical configs share one root context in Envoy.)
+/// its breaker, whatever their percent or salt (here the salt differs, so
+/// each filter has a configuration of its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_filters_sending_the_same_requests_share_the_breaker() {
     let stack = failing_auth(
