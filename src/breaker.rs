@@ -41,6 +41,12 @@
 //!    ever lasts longer than it was set for, and never longer than
 //!    `max_ejection_ms`), and "closed since" / "probe issued at" are at most
 //!    `now_ms`.
+//! 8. Closed since a probe succeeded: the failure-rate trigger counts only
+//!    the window's slices that began at or after the close (the slice
+//!    holding the close time is left out whole, so up to a tenth of the
+//!    window after a close goes uncounted). The close time is kept, and
+//!    the breaker is not healthy (not the empty value), until the ejection
+//!    multiplier has reset and a whole window has passed since the close.
 //!
 //! Only outcomes of requests actually sent to the service count: fallbacks
 //! to the monolith and fast-fail replies never reach [`Breaker::record`].
@@ -199,7 +205,8 @@ pub struct Breaker {
     /// survive a give-up).
     probes_issued: u32,
     probes_ok: u32,
-    /// Open: until when. HalfOpen, Closed: since when.
+    /// Open: until when. HalfOpen, Closed: since when (Closed: 0 once
+    /// rule 8 forgot it).
     since_or_until: u64,
     /// HalfOpen: when the most recent probe was let through.
     last_probe_ms: u64,
@@ -233,10 +240,13 @@ impl Breaker {
         self.ejections
     }
 
-    /// Closed with no failure streak and no ejection to remember: encodes
-    /// to nothing, and a success changes nothing.
+    /// Closed with no failure streak, no ejection and no close time to
+    /// remember: encodes to nothing, and a success changes nothing.
     pub fn is_healthy(&self) -> bool {
-        self.state == State::Closed && self.consecutive == 0 && self.ejections == 0
+        self.state == State::Closed
+            && self.consecutive == 0
+            && self.ejections == 0
+            && self.since_or_until == 0
     }
 
     /// Rule 7: times in the future are clamped to `now_ms`.
@@ -282,11 +292,17 @@ impl Breaker {
                 self.probes_issued = self.probes_ok;
                 None
             }
-            State::Closed
-                if self.ejections > 0
-                    && now_ms >= self.since_or_until.saturating_add(self.last_ejection_ms) =>
-            {
-                self.ejections = 0;
+            State::Closed => {
+                let closed_for = now_ms.saturating_sub(self.since_or_until);
+                if self.ejections > 0 && closed_for >= self.last_ejection_ms {
+                    self.ejections = 0;
+                }
+                // Rule 8: forget the close time once no outcome from before
+                // it can still be in the window.
+                let window_ms = s.failure_rate.as_ref().map_or(0, |r| r.window_ms);
+                if self.ejections == 0 && self.consecutive == 0 && closed_for >= window_ms {
+                    self.since_or_until = 0;
+                }
                 None
             }
             _ => None,
@@ -442,37 +458,73 @@ impl Breaker {
         out
     }
 
-    /// The inverse of [`Breaker::encode`]; the empty value is a healthy
-    /// breaker; `None` for anything else (treat as a fresh breaker).
+    /// The inverse of [`Breaker::encode`], read forward; the empty value is
+    /// a healthy breaker; `None` for anything else (treat as a fresh
+    /// breaker).
+    ///
+    /// Layouts (first byte):
+    /// - 2: [`ENCODED_LEN`] bytes, written by this release. A later layout
+    ///   must keep these bytes as they are and only append (a change that
+    ///   cannot must use another key): this release reads a later layout's
+    ///   first [`ENCODED_LEN`] bytes, so a rollback, or an older module
+    ///   still running beside a newer one under the same `vm_id`, keeps an
+    ///   open breaker open.
+    /// - 1: an earlier development layout (34 bytes, or 194 with a
+    ///   failure-rate window, which is dropped): no probe round, no probe
+    ///   time.
     pub fn decode(bytes: &[u8]) -> Option<Breaker> {
-        if bytes.is_empty() {
-            return Some(Breaker::default());
+        match bytes.first() {
+            None => Some(Breaker::default()),
+            Some(1) if bytes.len() == LAYOUT_1_LEN || bytes.len() == LAYOUT_1_LEN + 160 => {
+                let mut r = Reader(bytes.get(1..)?);
+                let state = Self::state_of(r.u8()?)?;
+                Some(Breaker {
+                    state,
+                    consecutive: r.u32()?,
+                    ejections: r.u32()?,
+                    round: 0,
+                    probes_issued: r.u32()?,
+                    probes_ok: r.u32()?,
+                    since_or_until: r.u64()?,
+                    last_probe_ms: 0,
+                    last_ejection_ms: r.u64()?,
+                })
+            }
+            Some(&v)
+                if (v == VERSION && bytes.len() == ENCODED_LEN)
+                    || (v > VERSION && bytes.len() >= ENCODED_LEN) =>
+            {
+                let mut r = Reader(bytes.get(1..)?);
+                let state = Self::state_of(r.u8()?)?;
+                Some(Breaker {
+                    state,
+                    consecutive: r.u32()?,
+                    ejections: r.u32()?,
+                    round: r.u32()?,
+                    probes_issued: r.u32()?,
+                    probes_ok: r.u32()?,
+                    since_or_until: r.u64()?,
+                    last_probe_ms: r.u64()?,
+                    last_ejection_ms: r.u64()?,
+                })
+            }
+            Some(_) => None,
         }
-        if bytes.len() != ENCODED_LEN || bytes.first() != Some(&VERSION) {
-            return None;
+    }
+
+    fn state_of(b: u8) -> Option<State> {
+        match b {
+            0 => Some(State::Closed),
+            1 => Some(State::Open),
+            2 => Some(State::HalfOpen),
+            _ => None,
         }
-        let mut r = Reader(bytes.get(1..)?);
-        let state = match r.u8()? {
-            0 => State::Closed,
-            1 => State::Open,
-            2 => State::HalfOpen,
-            _ => return None,
-        };
-        Some(Breaker {
-            state,
-            consecutive: r.u32()?,
-            ejections: r.u32()?,
-            round: r.u32()?,
-            probes_issued: r.u32()?,
-            probes_ok: r.u32()?,
-            since_or_until: r.u64()?,
-            last_probe_ms: r.u64()?,
-            last_ejection_ms: r.u64()?,
-        })
     }
 }
 
 const VERSION: u8 = 2;
+/// Layout 1's size without its failure-rate window.
+const LAYOUT_1_LEN: usize = 2 + 4 * 4 + 2 * 8;
 /// Encoded size of a breaker that is not healthy.
 pub const ENCODED_LEN: usize = 2 + 5 * 4 + 3 * 8;
 
@@ -502,7 +554,20 @@ impl Window {
     /// Counts one outcome at `now_ms`.
     pub fn add(&mut self, window_ms: u64, now_ms: u64, failure: bool) {
         let epoch = now_ms / Self::slot_ms(window_ms);
+        self.forget_future(epoch);
         self.add_to(epoch, 1, u32::from(failure));
+    }
+
+    /// Empties the slices of epochs after `epoch` (the current one): they
+    /// were counted in another slice unit (`window_ms` changed: a smaller
+    /// unit gives larger epochs) or before the clock stepped back, and
+    /// would otherwise hold their ring positions, refusing new counts.
+    fn forget_future(&mut self, epoch: u64) {
+        for sl in &mut self.slots {
+            if sl.epoch > epoch {
+                *sl = Slot::default();
+            }
+        }
     }
 
     fn add_to(&mut self, epoch: u64, requests: u32, failures: u32) {
@@ -522,9 +587,15 @@ impl Window {
         slot.failures = slot.failures.saturating_add(failures);
     }
 
-    /// Adds `other`'s counts into this window.
-    pub fn merge(&mut self, other: &Window) {
+    /// Adds `other`'s counts into this window, at `now_ms` under the
+    /// current `window_ms` (slices of another unit are dropped first).
+    pub fn merge(&mut self, other: &Window, window_ms: u64, now_ms: u64) {
+        let epoch = now_ms / Self::slot_ms(window_ms);
+        self.forget_future(epoch);
         for sl in &other.slots {
+            if sl.epoch > epoch {
+                continue;
+            }
             if sl.requests > 0 {
                 self.add_to(sl.epoch, sl.requests, sl.failures);
             }
@@ -532,13 +603,14 @@ impl Window {
     }
 
     /// `(requests, failures)` over the window ending at `now_ms`, leaving
-    /// out slices that ended before `from_ms`.
+    /// out slices that began before `from_ms` (rule 8: the slice holding
+    /// `from_ms` may hold outcomes from before it).
     pub fn totals(&self, window_ms: u64, now_ms: u64, from_ms: u64) -> (u32, u32) {
         let slot_ms = Self::slot_ms(window_ms);
         let epoch = now_ms / slot_ms;
         let oldest = epoch
             .saturating_sub(SLOTS as u64 - 1)
-            .max(from_ms / slot_ms);
+            .max(from_ms.div_ceil(slot_ms));
         self.slots
             .iter()
             .filter(|sl| sl.epoch >= oldest && sl.epoch <= epoch)
@@ -782,7 +854,7 @@ mod tests {
         let mut b = Breaker::default();
         assert_eq!(b.check_rate(&s, now + 10, &w1), None);
         let mut shared = Window::decode(&w1.encode()).unwrap();
-        shared.merge(&w2);
+        shared.merge(&w2, 10_000, now + 10);
         let t = b.check_rate(&s, now + 10, &shared).unwrap();
         assert_eq!(
             t.reason,
@@ -808,6 +880,101 @@ mod tests {
         // time span, but not since the close: 1 failure of 1 is below 4.
         assert_eq!(r.fail(), None);
         assert_eq!(r.b.state(), State::Closed);
+    }
+
+    /// Issue 20, item 1: once the multiplier reset, the breaker is healthy
+    /// and stored as the empty value; decoding that lost "closed since", so
+    /// the failures that opened it, still in a long window, re-opened it.
+    #[test]
+    fn rule_1_the_failures_before_an_ejection_never_count_again() {
+        let mut r = Rig::new(Settings {
+            base_ejection_ms: 7_000,
+            max_ejection_ms: 300_000,
+            ..rate(20, 60_000)
+        });
+        for _ in 0..30 {
+            r.fail();
+            if r.b.state() == State::Open {
+                break;
+            }
+        }
+        assert_eq!(r.b.state(), State::Open);
+        r.at(7_000);
+        r.probe(false);
+        assert_eq!(r.b.state(), State::Closed);
+        // Closed for as long as the ejection: the multiplier resets; every
+        // request round-trips through shared data, every second a tick.
+        for _ in 0..60 {
+            r.at(1_000);
+            assert_eq!(r.ok(), None);
+            r.roundtrip();
+            let w = r.w.clone();
+            assert_eq!(r.b.check_rate(&r.s, r.now, &w), None, "at {}", r.now);
+            r.roundtrip();
+        }
+        assert_eq!(r.b.ejections(), 0);
+        assert!(r.b.encode().is_empty(), "healthy once the window passed");
+    }
+
+    /// Issue 20, item 3: the window slice holding the close time counted in
+    /// full, failures before the close included.
+    #[test]
+    fn rule_1_the_slice_of_the_close_counts_only_after_it() {
+        let mut r = Rig::new(Settings {
+            base_ejection_ms: 200,
+            max_ejection_ms: 300_000,
+            ..rate(4, 10_000)
+        });
+        for _ in 0..4 {
+            r.fail();
+        }
+        assert_eq!(r.b.state(), State::Open);
+        r.at(200);
+        r.probe(false);
+        assert_eq!(r.b.state(), State::Closed);
+        for _ in 0..20 {
+            r.at(100);
+            assert_eq!(r.ok(), None);
+            let w = r.w.clone();
+            assert_eq!(r.b.check_rate(&r.s, r.now, &w), None, "at {}", r.now);
+        }
+        assert_eq!(r.b.state(), State::Closed);
+    }
+
+    /// Issue 20, item 2: raising `window_ms` in a live config left slices
+    /// in the old, smaller unit in shared data, with epochs beyond every new
+    /// one: new counts were dropped and the trigger never tripped.
+    #[test]
+    fn rule_1_a_raised_window_still_trips() {
+        let now = 1_700_000_000_000;
+        let mut shared = Window::default();
+        for i in 0..10 {
+            shared.add(1_000, now - 1_000 + i * 100, false);
+        }
+        let s = rate(20, 10_000);
+        let mut b = Breaker::default();
+        let mut tripped = None;
+        for sec in 0..10 {
+            let at = now + sec * 1_000;
+            let mut local = Window::default();
+            for i in 0..20 {
+                local.add(10_000, at + i * 10, true);
+            }
+            let mut merged = Window::decode(&shared.encode()).unwrap();
+            merged.merge(&local, 10_000, at + 500);
+            shared = merged;
+            if let Some(t) = b.check_rate(&s, at + 500, &shared) {
+                tripped = Some(t);
+                break;
+            }
+        }
+        assert_eq!(
+            tripped.map(|t| t.reason),
+            Some(Reason::FailureRate {
+                failures: 20,
+                requests: 20
+            })
+        );
     }
 
     #[test]

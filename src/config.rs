@@ -99,9 +99,31 @@ impl Route {
     /// keeps the state (a breaker open during an incident stays open while
     /// its settings are tuned), a new service starts a fresh breaker, and
     /// the number of keys stays bounded by distinct (name, service) pairs.
+    ///
+    /// This was the key up to issue 20; the filter now keeps the state under
+    /// [`Route::breaker_key_in`] and reads this one only to inherit an
+    /// earlier release's state.
     pub fn breaker_key(&self) -> Option<String> {
         self.outlier.as_ref()?;
         let id = hash::fnv64(format!("{}|{}", self.name, self.service).as_bytes());
+        Some(format!("traffic_shift.breaker.{}.{id:016x}", self.name))
+    }
+
+    /// The shared-data key of this route's breaker in the filter
+    /// [`Config::filter_identity`] names, if it has one: it depends on the
+    /// filter and on the route's name, service and path, so two filters
+    /// with one plugin name in one VM keep separate breakers unless they
+    /// send the same requests (same path, monolith and target header) to
+    /// the same service; a configuration update that changes the percent,
+    /// the ramp, the salt or any outlier setting keeps the state.
+    pub fn breaker_key_in(&self, filter: u64) -> Option<String> {
+        self.outlier.as_ref()?;
+        let path = match &self.matcher.path {
+            PathMatch::Prefix(p) => format!("prefix:{p}"),
+            PathMatch::Exact(p) => format!("path:{p}"),
+        };
+        let id =
+            hash::fnv64(format!("{filter:016x}|{}|{}|{path}", self.name, self.service).as_bytes());
         Some(format!("traffic_shift.breaker.{}.{id:016x}", self.name))
     }
 
@@ -167,6 +189,22 @@ impl Config {
             Target::Service => &route.service,
             Target::Monolith => &self.monolith,
         }
+    }
+
+    /// Which filter of a VM this configuration belongs to, as far as
+    /// anything stable across its updates tells: the plugin name and
+    /// root_id Envoy gives (a root context can read no listener property),
+    /// the monolith and the target header. Several filters with one plugin
+    /// name in one VM are told apart by the rest of the breaker key
+    /// ([`Route::breaker_key_in`]).
+    pub fn filter_identity(&self, plugin: &str, root_id: &str) -> u64 {
+        hash::fnv64(
+            format!(
+                "{plugin}|{root_id}|{}|{}",
+                self.monolith, self.target_header
+            )
+            .as_bytes(),
+        )
     }
 
     /// Parses and validates the plugin configuration.

@@ -693,3 +693,140 @@ fn check_envoy_usage_errors_are_one_line() {
     let (code, _, err) = lint_copy(|t| t + "  - [\n");
     assert_one_line_error(code, &err, "traffic-shift: COPY: not YAML: ");
 }
+
+/// Issue 20, item 6: a configuration naming a cluster `xds` (with `--ads`)
+/// or `otel_collector` (with `--otlp`) got a bootstrap with two clusters of
+/// that name, which Envoy refuses.
+#[test]
+fn envoy_refuses_a_cluster_named_like_one_it_adds() {
+    let config = |service: &str| {
+        format!(
+            r#"{{"monolith": "monolith", "routes": [{{"name": "a", "prefix": "/a/", "service": "{service}", "percent": 10}}]}}"#
+        )
+    };
+    for (service, flag, what) in [
+        ("xds", "--ads", "the control plane"),
+        ("otel_collector", "--otlp", "the trace collector"),
+    ] {
+        let cluster = format!("{service}=127.0.0.1:2");
+        let args = [
+            "envoy",
+            "-",
+            "--cluster",
+            "monolith=127.0.0.1:1",
+            "--cluster",
+            &cluster,
+            flag,
+            "127.0.0.1:3",
+        ];
+        let (code, out, err) = check_like(&args, &config(service));
+        assert_one_line_error(
+            code,
+            &err,
+            &format!("traffic-shift: cluster {service} (routes[0].service): {flag} adds a cluster of that name ({what}); rename it in the configuration"),
+        );
+        assert_eq!(out, "");
+        // Without the flag the name is free (stderr: only the note on the
+        // default, relative, .wasm path).
+        let (code, _, err) = check_like(&args[..6], &config(service));
+        assert_eq!((code, err), (0, relative_note(DEFAULT_WASM)));
+    }
+}
+
+/// Issue 20, item 6: `check --envoy` reports a cluster defined twice.
+#[test]
+fn check_envoy_finds_a_cluster_defined_twice() {
+    let (code, out, err) = lint_copy(|t| {
+        t.replacen(
+            "  - name: orders_service\n",
+            "  - name: auth_service\n    type: STATIC\n  - name: orders_service\n",
+            1,
+        )
+    });
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err, "COPY: error: static_resources.clusters: cluster auth_service is defined 2 times (Envoy refuses the bootstrap)\n");
+}
+
+const AUTH_ROUTE: &str = "              - match:
+                  prefix: \"/\"
+                  headers:
+                  - name: x-shift-target
+                    string_match: {exact: auth_service}
+                route: {cluster: auth_service}
+";
+
+/// Issue 20, item 7: `case_sensitive: false` was ignored.
+#[test]
+fn check_envoy_reads_case_insensitive_paths() {
+    let (code, out, err) = lint_copy(replaced(
+        ROUTES,
+        &format!("{ROUTES}              - match: {{prefix: \"/API/AUTH/\", case_sensitive: false}}\n                route: {{cluster: monolith}}\n"),
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err, "COPY: error: listener ingress: virtual host app: routes[0] (prefix /API/AUTH/ case-insensitive to cluster monolith) matches requests of route auth (prefix /api/auth/) before any route on x-shift-target: auth_service, so they never reach auth_service\n");
+}
+
+/// Issue 20, item 7: other match fields on the service route were ignored:
+/// with `grpc: {}` only gRPC requests take it, the rest fall to the
+/// catch-all.
+#[test]
+fn check_envoy_finds_a_service_route_that_matches_only_some_requests() {
+    for (extra, why) in [
+        ("grpc: {}", "gRPC requests only"),
+        (
+            "query_parameters: [{name: v, present_match: true}]",
+            "query parameter v",
+        ),
+        (
+            "runtime_fraction: {default_value: {numerator: 50}, runtime_key: k}",
+            "a runtime fraction",
+        ),
+        (
+            "headers: [{name: x-shift-target, string_match: {exact: auth_service}}, {name: \":method\", string_match: {exact: GET}}]",
+            "header :method",
+        ),
+    ] {
+        let service_route = AUTH_ROUTE.replacen(
+            "                  prefix: \"/\"\n                  headers:\n                  - name: x-shift-target\n                    string_match: {exact: auth_service}\n",
+            &format!("                  prefix: \"/\"\n                  {}\n", if extra.starts_with("headers") {
+                extra.to_string()
+            } else {
+                format!("headers: [{{name: x-shift-target, string_match: {{exact: auth_service}}}}]\n                  {extra}")
+            }),
+            1,
+        );
+        let (code, out, err) = lint_copy(replaced(AUTH_ROUTE, &service_route));
+        assert_eq!(code, 1, "{extra}: {out}");
+        assert_eq!(err, format!("COPY: error: listener ingress: virtual host app: routes[2] (prefix / to cluster monolith) matches requests of route auth (prefix /api/auth/) that routes[0] to auth_service leaves out ({why}), so they never reach auth_service\n"), "{extra}");
+    }
+}
+
+/// Issue 20, item 8: valid route shapes were reported as errors.
+#[test]
+fn check_envoy_accepts_cluster_header_and_earlier_routes_to_the_service() {
+    // One route for every service: the cluster named by the header.
+    let orders_route = AUTH_ROUTE.replace("auth_service", "orders_service");
+    let (code, out, err) = lint_copy(|t| {
+        t.replacen(&orders_route, "", 1).replacen(
+            AUTH_ROUTE,
+            "              - match:\n                  prefix: \"/\"\n                  headers: [{name: x-shift-target, present_match: true}]\n                route: {cluster_header: x-shift-target}\n",
+            1,
+        )
+    });
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // An earlier, more specific route to the same service cluster.
+    let (code, out, err) = lint_copy(replaced(
+        ROUTES,
+        &format!("{ROUTES}              - match: {{prefix: \"/api/auth/v2/\", headers: [{{name: x-shift-target, string_match: {{exact: auth_service}}}}]}}\n                route: {{cluster: auth_service, timeout: 5s}}\n"),
+    ));
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // A shape it cannot judge: a warning, never an error.
+    let (code, out, err) = lint_copy(replaced(
+        ROUTES,
+        &format!("{ROUTES}              - match: {{prefix: \"/api/\"}}\n                route: {{cluster_specifier_plugin: picker}}\n"),
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(err, "COPY: warning: listener ingress: virtual host app: routes[0] (prefix /api/) sends requests of route auth (prefix /api/auth/) to cluster_specifier_plugin picker, cannot check whether they reach auth_service
+COPY: warning: listener ingress: virtual host app: routes[0] (prefix /api/) sends requests of route orders (prefix /api/orders/) to cluster_specifier_plugin picker, cannot check whether they reach orders_service
+");
+}

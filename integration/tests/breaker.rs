@@ -370,3 +370,60 @@ async fn failure_rate_with_two_workers_opens_within_one_tick_of_the_merged_windo
         1.0
     );
 }
+
+/// Issue 20, item 1: once the ejection multiplier reset, the breaker was
+/// stored as the empty value, which forgot when it closed, so the next
+/// tick counted the failures that had opened it (still in the window) and
+/// opened it again, and again, until they left the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_breaker_does_not_reopen_on_the_failures_that_opened_it() {
+    let stack = Stack::start_on(
+        &config(
+            r#"{"consecutive_failures": 0, "base_ejection_ms": 1000,
+                "failure_rate": {"threshold_percent": 50, "min_requests": 10, "window_ms": 10000}}"#,
+        ),
+        2,
+        stack_upstreams(Upstream::with_status("auth_service", 500)),
+    )
+    .await;
+    let c = fresh_connections();
+    let url = stack.envoy.url("/auth/x");
+    let mut failures = 0;
+    while failures < 30 {
+        let s = send(&c, "GET", &url, &[]).await;
+        if s.served_by.as_deref() == Some("monolith") {
+            break;
+        }
+        failures += 1;
+    }
+    assert!(failures < 30, "the failure rate opens it");
+    stack.upstreams[1].set("status", 200).await;
+    // After the 1 s ejection the next request is the probe; it succeeds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = send(&c, "GET", &url, &[]).await;
+        if s.served_by.as_deref() == Some("auth_service") {
+            assert_eq!(s.status, 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no probe within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Closed: 4 s of requests (the multiplier resets after 1 s closed, the
+    // tick runs every second) all reach the service.
+    let start = Instant::now();
+    let mut to_monolith = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        let s = send(&c, "GET", &url, &[]).await;
+        if s.served_by.as_deref() != Some("auth_service") {
+            to_monolith += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(to_monolith, 0);
+    let m = stack.envoy.metrics().await;
+    assert_eq!(
+        m.get("traffic_shift_breaker_opened", &[("route", "auth")]),
+        1.0
+    );
+}

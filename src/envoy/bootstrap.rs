@@ -85,6 +85,12 @@ pub struct Spec<'a> {
     pub command: Vec<String>,
 }
 
+/// The clusters the bootstrap adds itself: the ADS control plane (with
+/// [`FilterSource::Ads`]) and the OpenTelemetry collector (with `otlp`).
+/// A configuration naming either cannot get a bootstrap with that option.
+pub const ADS_CLUSTER: &str = "xds";
+pub const OTLP_CLUSTER: &str = "otel_collector";
+
 /// The defaults of `traffic-shift envoy`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -279,7 +285,7 @@ static_resources:
 ",
     );
     if let FilterSource::Ads(a) = &spec.source {
-        out.push_str(&grpc_cluster("xds", a, Some("connect_timeout: 1s")));
+        out.push_str(&grpc_cluster(ADS_CLUSTER, a, Some("connect_timeout: 1s")));
     }
     for (name, _) in named_clusters(c) {
         if let Some((_, a)) = spec.clusters.iter().find(|(n, _)| n == name) {
@@ -300,7 +306,7 @@ static_resources:
         }
     }
     if let Some(a) = &spec.otlp {
-        out.push_str(&grpc_cluster("otel_collector", a, None));
+        out.push_str(&grpc_cluster(OTLP_CLUSTER, a, None));
     }
     out
 }

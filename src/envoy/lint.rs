@@ -6,12 +6,13 @@
 //! 2. a service cluster without a route on `target_header: <service>` in a
 //!    virtual host, or with a route before it that would catch its traffic;
 //! 3. a cluster the configuration names that the bootstrap does not define;
-//! 4. a missing or different `stats_tags` entry of [`STATS_TAGS`].
+//! 4. a missing or different `stats_tags` entry of [`STATS_TAGS`];
+//! 5. a cluster name defined twice in `static_resources.clusters`.
 //!
 //! Warnings (it works, with a risk the message names):
-//! 5. nothing strips the target header before routing;
-//! 6. a failure policy other than `FAIL_OPEN`;
-//! 7. what this file does not say: routes from RDS, clusters from CDS, the
+//! 6. nothing strips the target header before routing;
+//! 7. a failure policy other than `FAIL_OPEN`;
+//! 8. what this file does not say: routes from RDS, clusters from CDS, the
 //!    filter from ECDS, a route matcher this check cannot evaluate.
 
 // Indexing a `serde_yaml::Value` never panics: a missing key or index reads
@@ -141,125 +142,344 @@ fn route_paths(r: &Route) -> (&str, bool) {
     }
 }
 
-/// What an Envoy route's match does to the requests of a filter route
-/// that carry `target_header: service`.
-#[derive(PartialEq)]
-enum Catch {
-    /// Matches none of them.
+/// How much of the requests of a filter route that carry
+/// `target_header: <service>` an Envoy route's match takes.
+#[derive(Debug, PartialEq)]
+enum Cover {
     None,
-    /// Matches some or all of them.
-    Some,
-    /// Uses a matcher this check does not evaluate (named).
+    /// Every one of them.
+    All,
+    /// Some of them (why not all, for the message).
+    Some(String),
+    /// A matcher this check does not evaluate (named).
     Unknown(String),
 }
 
-/// Whether Envoy route match `m` can match a request of the filter route
-/// `(path, is_prefix)` carrying `header: value`. Other header matchers and
-/// query parameters depend on the client: they may match.
-fn catches(m: &Yaml, (path, is_prefix): (&str, bool), header: &str, value: &str) -> Catch {
-    let by_path = if let Some(p) = m["prefix"].as_str() {
-        path.starts_with(p) || (is_prefix && p.starts_with(path))
-    } else if let Some(p) = m["path"].as_str() {
-        if is_prefix {
-            p.starts_with(path)
-        } else {
-            p == path
+impl Cover {
+    /// Both `self` and `other` must match (the fields of one route match).
+    fn and(self, other: Cover) -> Cover {
+        match (self, other) {
+            (Cover::None, _) | (_, Cover::None) => Cover::None,
+            (Cover::Unknown(a), _) | (_, Cover::Unknown(a)) => Cover::Unknown(a),
+            (Cover::Some(a), _) | (_, Cover::Some(a)) => Cover::Some(a),
+            (Cover::All, Cover::All) => Cover::All,
         }
-    } else if let Some(p) = m["path_separated_prefix"].as_str() {
-        path.starts_with(p) || (is_prefix && p.starts_with(path))
+    }
+
+    fn of(b: bool) -> Cover {
+        if b {
+            Cover::All
+        } else {
+            Cover::None
+        }
+    }
+}
+
+/// The path matcher of a route match against the filter route's paths
+/// (`is_prefix`: every path starting with `path`, else exactly `path`).
+/// `case_sensitive: false` compares both lower-cased.
+fn cover_path(m: &Yaml, (path, is_prefix): (&str, bool)) -> Cover {
+    let folded = m["case_sensitive"].as_bool() == Some(false);
+    let fold = |s: &str| {
+        if folded {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
+    let p = fold(path);
+    if let Some(q) = m["prefix"].as_str().map(fold) {
+        if p.starts_with(&q) {
+            Cover::All
+        } else if is_prefix && q.starts_with(&p) {
+            Cover::Some(format!("only the longer prefix {q}"))
+        } else {
+            Cover::None
+        }
+    } else if let Some(q) = m["path"].as_str().map(fold) {
+        if !is_prefix {
+            Cover::of(p == q)
+        } else if q.starts_with(&p) {
+            Cover::Some(format!("only the path {q}"))
+        } else {
+            Cover::None
+        }
+    } else if let Some(q) = m["path_separated_prefix"].as_str().map(fold) {
+        // `q` itself, or `q/...`.
+        let segment = format!("{q}/");
+        if p.starts_with(&segment) || (!is_prefix && p == q) {
+            Cover::All
+        } else if is_prefix && (q.starts_with(&p) || p == q) {
+            Cover::Some(format!("only path_separated_prefix {q}"))
+        } else {
+            Cover::None
+        }
     } else {
         let how = ["safe_regex", "connect_matcher", "path_match_policy"]
             .into_iter()
             .find(|k| !m[*k].is_null())
             .unwrap_or("no path matcher");
-        return Catch::Unknown(how.to_string());
-    };
-    if !by_path {
-        return Catch::None;
+        Cover::Unknown(how.to_string())
     }
-    for h in seq(&m["headers"]) {
-        let name = h["name"].as_str().unwrap_or("");
-        if !name.eq_ignore_ascii_case(header) {
-            continue;
-        }
-        let invert = h["invert_match"].as_bool() == Some(true);
-        let sm = &h["string_match"];
-        let exact = sm["exact"].as_str().or(h["exact_match"].as_str());
-        let matched = if let Some(e) = exact {
-            e == value
-        } else if let Some(p) = sm["prefix"].as_str().or(h["prefix_match"].as_str()) {
-            value.starts_with(p)
-        } else if let Some(s) = sm["suffix"].as_str().or(h["suffix_match"].as_str()) {
-            value.ends_with(s)
-        } else if let Some(s) = sm["contains"].as_str() {
-            value.contains(s)
-        } else if let Some(p) = h["present_match"].as_bool() {
-            p
-        } else if sm.is_null() && h["safe_regex_match"].is_null() && h["range_match"].is_null() {
-            // A name alone: present.
-            true
-        } else {
-            return Catch::Unknown(format!("a header matcher on {name}"));
-        };
-        if matched == invert {
-            return Catch::None;
-        }
-    }
-    Catch::Some
 }
 
-/// The route for `service`: a header match `target_header` exact `service`
-/// (nothing else but the path), covering every path of the filter route,
-/// to cluster `service`.
-fn is_service_route(
-    r: &Yaml,
-    (path, is_prefix): (&str, bool),
-    header: &str,
-    service: &str,
-) -> bool {
-    let m = &r["match"];
-    let covers = match (m["prefix"].as_str(), m["path"].as_str()) {
-        (Some(p), _) => path.starts_with(p),
-        (None, Some(p)) => !is_prefix && p == path,
-        _ => false,
+/// One header matcher against requests carrying `header: value` (other
+/// headers depend on the client: some requests).
+fn cover_header(h: &Yaml, header: &str, value: &str) -> Cover {
+    let name = h["name"].as_str().unwrap_or("");
+    if !name.eq_ignore_ascii_case(header) {
+        return Cover::Some(format!("header {name}"));
+    }
+    let sm = &h["string_match"];
+    let folded = sm["ignore_case"].as_bool() == Some(true);
+    let fold = |s: &str| {
+        if folded {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_string()
+        }
     };
-    let headers = seq(&m["headers"]);
-    let on_target = headers.len() == 1
-        && headers.iter().all(|h| {
-            h["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(header))
-                && h["invert_match"].as_bool() != Some(true)
-                && (h["string_match"]["exact"].as_str() == Some(service)
-                    || h["exact_match"].as_str() == Some(service))
-        });
-    covers
-        && on_target
-        && seq(&m["query_parameters"]).is_empty()
-        && r["route"]["cluster"].as_str() == Some(service)
+    let v = fold(value);
+    let matched = if let Some(e) = sm["exact"].as_str().or(h["exact_match"].as_str()) {
+        v == fold(e)
+    } else if let Some(p) = sm["prefix"].as_str().or(h["prefix_match"].as_str()) {
+        v.starts_with(&fold(p))
+    } else if let Some(x) = sm["suffix"].as_str().or(h["suffix_match"].as_str()) {
+        v.ends_with(&fold(x))
+    } else if let Some(x) = sm["contains"].as_str().or(h["contains_match"].as_str()) {
+        v.contains(&fold(x))
+    } else if let Some(p) = h["present_match"].as_bool() {
+        p
+    } else if sm.is_null()
+        && h["safe_regex_match"].is_null()
+        && h["range_match"].is_null()
+        && h["string_match"].is_null()
+    {
+        // A name alone: present.
+        true
+    } else {
+        return Cover::Unknown(format!("a header matcher on {name}"));
+    };
+    Cover::of(matched != (h["invert_match"].as_bool() == Some(true)))
+}
+
+/// What route match `m` takes of the requests of a filter route carrying
+/// `header: value`: the path matcher and every other field of the match.
+fn cover(m: &Yaml, paths: (&str, bool), header: &str, value: &str) -> Cover {
+    let mut c = cover_path(m, paths);
+    let Some(fields) = m.as_mapping() else {
+        return c;
+    };
+    for (k, v) in fields {
+        let k = k.as_str().unwrap_or("");
+        let more = match k {
+            "prefix"
+            | "path"
+            | "path_separated_prefix"
+            | "case_sensitive"
+            | "safe_regex"
+            | "connect_matcher"
+            | "path_match_policy" => continue,
+            "headers" => seq(v)
+                .iter()
+                .fold(Cover::All, |c, h| c.and(cover_header(h, header, value))),
+            "query_parameters" => match seq(v) {
+                [] => Cover::All,
+                [q, ..] => Cover::Some(format!(
+                    "query parameter {}",
+                    q["name"].as_str().unwrap_or("?")
+                )),
+            },
+            "grpc" => Cover::Some("gRPC requests only".into()),
+            "runtime_fraction" => Cover::Some("a runtime fraction".into()),
+            "tls_context" => Cover::Some("tls_context".into()),
+            "dynamic_metadata" if seq(v).is_empty() => Cover::All,
+            "dynamic_metadata" => Cover::Some("dynamic_metadata".into()),
+            "filter_state" if seq(v).is_empty() => Cover::All,
+            "filter_state" => Cover::Some("filter_state".into()),
+            other => Cover::Unknown(format!("the match field {other}")),
+        };
+        c = c.and(more);
+    }
+    c
+}
+
+/// Where an Envoy route sends requests carrying `header: service`.
+enum Reach {
+    /// To cluster `service`.
+    Service,
+    /// Elsewhere (a cluster, a redirect, a direct response).
+    Other,
+    /// Somewhere this check does not evaluate (named).
+    Unknown(String),
+}
+
+fn reach(r: &Yaml, header: &str, service: &str) -> Reach {
+    let a = &r["route"];
+    if a.is_null() {
+        return if ["redirect", "direct_response", "non_forwarding_action"]
+            .iter()
+            .any(|k| !r[*k].is_null())
+        {
+            Reach::Other
+        } else {
+            Reach::Unknown("an action this check does not know".into())
+        };
+    }
+    if let Some(c) = a["cluster"].as_str() {
+        return if c == service {
+            Reach::Service
+        } else {
+            Reach::Other
+        };
+    }
+    if let Some(h) = a["cluster_header"].as_str() {
+        return if h.eq_ignore_ascii_case(header) {
+            Reach::Service
+        } else {
+            Reach::Unknown(format!("the cluster named by header {h}"))
+        };
+    }
+    let weighted = seq(&a["weighted_clusters"]["clusters"]);
+    if !weighted.is_empty() {
+        return if weighted.iter().all(|w| w["name"].as_str() == Some(service)) {
+            Reach::Service
+        } else {
+            Reach::Other
+        };
+    }
+    let how = [
+        "cluster_specifier_plugin",
+        "inline_cluster_specifier_plugin",
+    ]
+    .into_iter()
+    .find(|k| !a[*k].is_null());
+    match how {
+        Some(k) => Reach::Unknown(match a[k]["cluster_specifier_plugin_name"].as_str() {
+            Some(n) => format!("{k} {n}"),
+            None => match a[k].as_str() {
+                Some(n) => format!("{k} {n}"),
+                None => k.to_string(),
+            },
+        }),
+        None => Reach::Unknown("a route action this check does not know".into()),
+    }
 }
 
 /// How an Envoy route reads in a message: its path matcher and headers.
 fn describe(r: &Yaml) -> String {
     let m = &r["match"];
-    let path = ["prefix", "path", "path_separated_prefix"]
+    let mut path = ["prefix", "path", "path_separated_prefix"]
         .into_iter()
         .find_map(|k| m[k].as_str().map(|v| format!("{k} {v}")))
         .unwrap_or_else(|| "another path matcher".into());
+    if m["case_sensitive"].as_bool() == Some(false) {
+        path.push_str(" case-insensitive");
+    }
     let headers: Vec<&str> = seq(&m["headers"])
         .iter()
         .filter_map(|h| h["name"].as_str())
         .collect();
-    let to = match r["route"]["cluster"].as_str() {
-        Some(c) => format!(" to cluster {c}"),
-        None if !r["redirect"].is_null() => " (a redirect)".into(),
-        None if !r["direct_response"].is_null() => " (a direct response)".into(),
-        None => String::new(),
+    let a = &r["route"];
+    let to = match (a["cluster"].as_str(), a["cluster_header"].as_str()) {
+        (Some(c), _) => format!(" to cluster {c}"),
+        (None, Some(h)) => format!(" to the cluster named by {h}"),
+        _ if !a["weighted_clusters"].is_null() => " to weighted clusters".into(),
+        _ if !r["redirect"].is_null() => " (a redirect)".into(),
+        _ if !r["direct_response"].is_null() => " (a direct response)".into(),
+        _ => String::new(),
     };
     if headers.is_empty() {
         format!("{path}{to}")
     } else {
         format!("{path}, headers {}{to}", headers.join(","))
+    }
+}
+
+/// The route's traffic of `service` in one virtual host: walks the routes
+/// in order as Envoy does (the first match wins) for the requests of
+/// filter route `r` that carry `target_header: service`.
+fn check_service_traffic(
+    f: &mut Findings,
+    at: &str,
+    routes: &[Yaml],
+    config: &Config,
+    (r, service, first): (&Route, &str, usize),
+) {
+    let th = &config.target_header;
+    let paths = route_paths(r);
+    let shown = if paths.1 {
+        format!("prefix {}", paths.0)
+    } else {
+        format!("path {}", paths.0)
+    };
+    // The first earlier route to the service that takes only some of them.
+    let mut partial: Option<(usize, String)> = None;
+    let mut unsure = false;
+    for (i, er) in routes.iter().enumerate() {
+        let c = cover(&er["match"], paths, th, service);
+        match (c, reach(er, th, service)) {
+            (Cover::None, _) => {}
+            (Cover::All, Reach::Service) => return,
+            (Cover::Some(why), Reach::Service) => {
+                partial.get_or_insert((i, why));
+            }
+            (Cover::All | Cover::Some(_), Reach::Other) => {
+                let msg = match &partial {
+                    None => format!(
+                        "{at}: routes[{i}] ({}) matches requests of route {} ({shown}) before any route on {th}: {service}, so they never reach {service}",
+                        describe(er),
+                        r.name
+                    ),
+                    Some((j, why)) => format!(
+                        "{at}: routes[{i}] ({}) matches requests of route {} ({shown}) that routes[{j}] to {service} leaves out ({why}), so they never reach {service}",
+                        describe(er),
+                        r.name
+                    ),
+                };
+                f.error(msg);
+                return;
+            }
+            (c, Reach::Unknown(to)) => {
+                f.warning(format!(
+                    "{at}: routes[{i}] ({}) sends requests of route {} ({shown}) to {to}, cannot check whether they reach {service}",
+                    describe(er),
+                    r.name
+                ));
+                if c == Cover::All {
+                    return;
+                }
+                unsure = true;
+            }
+            (Cover::Unknown(how), Reach::Service) => {
+                f.warning(format!(
+                    "{at}: routes[{i}] uses {how}, not checked: it may send only some requests of route {} ({shown}) to {service}",
+                    r.name
+                ));
+                unsure = true;
+            }
+            (Cover::Unknown(how), Reach::Other) => f.warning(format!(
+                "{at}: routes[{i}] uses {how}, not checked: if it matches requests of route {} ({shown}) they never reach {service}",
+                r.name
+            )),
+        }
+    }
+    if unsure {
+        f.warning(format!(
+            "{at}: cannot check whether every request of route {} ({shown}) with {th}: {service} reaches {service}",
+            r.name
+        ));
+        return;
+    }
+    match partial {
+        Some((j, why)) => f.error(format!(
+            "{at}: routes[{j}] sends requests of route {} ({shown}) with {th}: {service} to {service}, but {why}, and no later route takes the rest (routes[{first}].service)",
+            r.name
+        )),
+        None => f.error(format!(
+            "{at}: no route sends {th}: {service} to cluster {service} (routes[{first}].service), so route {} ({shown}) never reaches it",
+            r.name
+        )),
     }
 }
 
@@ -271,56 +491,55 @@ fn check_routes(f: &mut Findings, hcm: &Hcm, config: &Config) {
                 "{}: routes come from RDS (route_config_name {name}), not checked",
                 hcm.at
             ));
+        } else if !hcm.config["scoped_routes"].is_null() {
+            f.warning(format!(
+                "{}: routes come from scoped_routes, not checked",
+                hcm.at
+            ));
         } else {
             f.error(format!("{}: no route_config", hcm.at));
         }
         return;
     }
-    let th = &config.target_header;
+    let services = service_clusters(config);
     for vh in seq(&rc["virtual_hosts"]) {
         let vh_name = vh["name"].as_str().unwrap_or("?");
         let routes = seq(&vh["routes"]);
-        for (service, first) in service_clusters(config) {
+        let at = format!("{}: virtual host {vh_name}", hcm.at);
+        if !vh["matcher"].is_null() {
+            f.warning(format!(
+                "{at}: routes by a matcher tree (matcher), not checked"
+            ));
+            continue;
+        }
+        if !serves(routes, config) {
+            f.warning(format!(
+                "{at}: routes to none of the configuration's clusters, not checked (if the filter's traffic comes to this virtual host, it never reaches a service)"
+            ));
+            continue;
+        }
+        for &(service, first) in &services {
             for r in config.routes.iter().filter(|r| r.service == service) {
-                let paths = route_paths(r);
-                let shown = if paths.1 {
-                    format!("prefix {}", paths.0)
-                } else {
-                    format!("path {}", paths.0)
-                };
-                let mut found = false;
-                for (i, er) in routes.iter().enumerate() {
-                    if is_service_route(er, paths, th, service) {
-                        found = true;
-                        break;
-                    }
-                    match catches(&er["match"], paths, th, service) {
-                        Catch::None => {}
-                        Catch::Some => {
-                            f.error(format!(
-                                "{}: virtual host {vh_name}: routes[{i}] ({}) matches requests of route {} ({shown}) before any route on {th}: {service}, so they never reach {service}",
-                                hcm.at,
-                                describe(er),
-                                r.name
-                            ));
-                            found = true;
-                            break;
-                        }
-                        Catch::Unknown(how) => f.warning(format!(
-                            "{}: virtual host {vh_name}: routes[{i}] uses {how}, not checked: if it matches requests of route {} ({shown}) they never reach {service}",
-                            hcm.at, r.name
-                        )),
-                    }
-                }
-                if !found {
-                    f.error(format!(
-                        "{}: virtual host {vh_name}: no route sends {th}: {service} to cluster {service} (routes[{first}].service), so route {} ({shown}) never reaches it",
-                        hcm.at, r.name
-                    ));
-                }
+                check_service_traffic(f, &at, routes, config, (r, service, first));
             }
         }
     }
+}
+
+/// Whether a virtual host routes to any cluster the configuration names
+/// (or to the cluster a header names): one serving other sites is not
+/// the filter's.
+fn serves(routes: &[Yaml], config: &Config) -> bool {
+    let named = named_clusters(config);
+    let known = |c: Option<&str>| c.is_some_and(|c| named.iter().any(|(n, _)| *n == c));
+    routes.iter().any(|r| {
+        let a = &r["route"];
+        known(a["cluster"].as_str())
+            || !a["cluster_header"].is_null()
+            || seq(&a["weighted_clusters"]["clusters"])
+                .iter()
+                .any(|w| known(w["name"].as_str()))
+    })
 }
 
 fn check_clusters(f: &mut Findings, b: &Yaml, config: &Config) {
@@ -328,6 +547,14 @@ fn check_clusters(f: &mut Findings, b: &Yaml, config: &Config) {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
+    for (i, name) in defined.iter().enumerate() {
+        let n = defined.iter().filter(|d| *d == name).count();
+        if n > 1 && !defined[..i].contains(name) {
+            f.error(format!(
+                "static_resources.clusters: cluster {name} is defined {n} times (Envoy refuses the bootstrap)"
+            ));
+        }
+    }
     let cds = !b["dynamic_resources"]["cds_config"].is_null();
     for (name, field) in named_clusters(config) {
         if defined.contains(&name) {

@@ -8,13 +8,14 @@
 //! - `trace.rs`: the decision's reason as filter state (spans, logs).
 //!
 //! This file holds the contexts and their callbacks, each a short list of
-//! steps. A tick (1 s, per VM) runs [`flow::tick::tick`].
+//! steps, and [`LIVE`], this VM's live configurations. A tick (1 s, per
+//! VM) runs [`flow::tick::tick`].
 
 mod host;
 mod shadow;
 mod trace;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
@@ -28,7 +29,7 @@ use host::{Http, Wasm};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, shared: None, plugin: String::new(), generation: 0 })
+        Box::new(Root { id, shared: None })
     });
 }}
 
@@ -55,20 +56,25 @@ impl Drop for Shared {
     }
 }
 
+thread_local! {
+    /// Every configuration live in this VM (its root context not deleted
+    /// yet), by root context id: which one ticks a shared-data key or
+    /// refreshes a gauge, what a deleted one alone set.
+    static LIVE: RefCell<flow::tick::Live> = RefCell::new(flow::tick::Live::default());
+}
+
 struct Root {
-    /// This root context's id (shadow calls are sent from it).
+    /// This root context's id (shadow calls are sent from it; the
+    /// configuration's id in [`LIVE`]).
     id: u32,
     shared: Option<Rc<Shared>>,
-    /// This plugin's name (the configurations of one filter share it).
-    plugin: String,
-    /// Which configuration of the plugin this root holds, in this VM.
-    generation: u64,
 }
 
 impl Drop for Root {
     fn drop(&mut self) {
         if let Some(s) = &self.shared {
             s.root.set(None);
+            let _ = LIVE.try_with(|l| l.borrow_mut().leave(&s.host(), self.id));
         }
     }
 }
@@ -93,10 +99,14 @@ impl RootContext for Root {
                 return false;
             }
         };
-        self.plugin = self
-            .get_property(vec!["plugin_name"])
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        // A root context can read these (not listener_direction or
+        // listener_metadata); they name the filter for its breaker keys.
+        let property = |name: &str| {
+            self.get_property(vec![name])
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let (plugin, root_id) = (property("plugin_name"), property("plugin_root_id"));
         log::info!(
             "configured: {} route(s), monolith cluster \"{}\", target header \"{}\"",
             config.routes.len(),
@@ -104,9 +114,17 @@ impl RootContext for Root {
             config.target_header
         );
         let root = Cell::new(Some(self.id));
-        let (plan, worker, generation) =
-            flow::tick::start(&Wasm { root: &root }, &self.plugin, config);
-        self.generation = generation;
+        let (plan, worker) = LIVE.with(|l| {
+            let host = Wasm { root: &root };
+            flow::tick::start(
+                &host,
+                &mut l.borrow_mut(),
+                self.id,
+                &plugin,
+                &root_id,
+                config,
+            )
+        });
         self.shared = Some(Rc::new(Shared { plan, worker, root }));
         let _ = hostcalls::set_tick_period(flow::tick::TICK);
         self.on_tick();
@@ -117,8 +135,7 @@ impl RootContext for Root {
         let Some(s) = &self.shared else {
             return;
         };
-        let in_force = flow::tick::in_force(&self.plugin, self.generation);
-        flow::tick::tick(&s.host(), &s.plan, &s.worker, in_force);
+        LIVE.with(|l| flow::tick::tick(&s.host(), &s.plan, &s.worker, &l.borrow(), self.id));
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {

@@ -1,7 +1,7 @@
 //! The breaker's process-wide state in the host's store.
 //!
-//! One key per (route, service) holds the [`Breaker`]; a healthy breaker is
-//! the empty value, so the request path's one read copies nothing into the
+//! One key per (filter, route, service, path) holds the [`Breaker`]; a
+//! healthy breaker is the empty value, so the request path's one read copies nothing into the
 //! worker, and a success of a request admitted while healthy needs no
 //! access at all. Changes are compare-and-swap, retried. Routes with
 //! `failure_rate` also count outcomes in a per-worker [`Window`] (worker
@@ -28,6 +28,13 @@ pub struct Slot {
     /// Routes with `failure_rate`: the merged window's key.
     window_key: Option<String>,
     pub stats: BreakerStats<Metric>,
+}
+
+impl Slot {
+    /// The store key of the breaker state.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// One worker's outcomes not merged yet (routes with `failure_rate`).
@@ -123,15 +130,44 @@ fn report(
     counters::record(host, stats.state, t.to as u64);
 }
 
+/// A key never written in this process inherits the state an earlier
+/// release kept under the route's key without filter identity
+/// ([`Route::breaker_key`]), so an upgrade (new `.wasm`, same vm_id) keeps
+/// an open breaker open. Once the key was written it never looks back (an
+/// old state cannot come back after the breaker closed). The old key is
+/// left as it is (a rollback reads it).
+fn inherit(host: &impl Host, key: &str, legacy: Option<String>) {
+    let Some(legacy) = legacy else {
+        return;
+    };
+    // No compare-and-swap token: the key was never written.
+    if !matches!(host.store_get(key), Some((_, None))) {
+        return;
+    }
+    let Some((old, _)) = host.store_get(&legacy) else {
+        return;
+    };
+    if old.is_empty() || Breaker::decode(&old).is_none() {
+        return;
+    }
+    if host.store_set(key, Some(&old), None) {
+        log::info!("breaker {key}: state inherited from {legacy}");
+    }
+}
+
 impl Slot {
-    /// The slot of `route`, if it has a breaker; registers its key and
-    /// returns the number of breaker keys known.
+    /// The slot of `route` in the filter `filter`
+    /// ([`crate::config::Config::filter_identity`]), if it has a breaker;
+    /// inherits an earlier release's state ([`inherit`]), registers its key
+    /// and returns the number of breaker keys known.
     pub fn new(
         host: &impl Host,
         route: &Route,
+        filter: u64,
         stats: BreakerStats<Metric>,
     ) -> Option<(Slot, Option<usize>)> {
-        let key = route.breaker_key()?;
+        let key = route.breaker_key_in(filter)?;
+        inherit(host, &key, route.breaker_key());
         let keys = register_key(host, &key);
         let rate = route.outlier.as_ref()?.failure_rate.as_ref();
         Some((
@@ -196,13 +232,13 @@ impl Slot {
         if !failure && a.healthy && a.ticket == Ticket::Pass {
             return;
         }
-        let window = match (&self.window_key, failure) {
-            (Some(key), true) => {
+        let window = match (&self.window_key, rate, failure) {
+            (Some(key), Some(rate), true) => {
                 let mut w = host
                     .store_get(key)
                     .and_then(|(b, _)| Window::decode(&b))
                     .unwrap_or_default();
-                w.merge(&local.0.borrow());
+                w.merge(&local.0.borrow(), rate.window_ms, now);
                 Some(w)
             }
             _ => None,
@@ -226,10 +262,10 @@ impl Slot {
         c: &LocalCounters,
         now: u64,
     ) {
-        let merged = self
-            .window_key
-            .as_ref()
-            .and_then(|k| self.merge(host, local, k));
+        let merged = match (&self.window_key, &s.failure_rate) {
+            (Some(k), Some(rate)) => self.merge(host, local, k, rate.window_ms, now),
+            _ => None,
+        };
         let stored = update(host, &self.key, None, |b| {
             b.advance(s, now)
                 .or_else(|| b.check_rate(s, now, merged.as_ref()?))
@@ -243,7 +279,14 @@ impl Slot {
     }
 
     /// Adds the local window into the shared one; the merged window.
-    fn merge(&self, host: &impl Host, local: &Local, key: &str) -> Option<Window> {
+    fn merge(
+        &self,
+        host: &impl Host,
+        local: &Local,
+        key: &str,
+        window_ms: u64,
+        now: u64,
+    ) -> Option<Window> {
         for _ in 0..CAS_ATTEMPTS {
             let (bytes, cas) = host.store_get(key)?;
             let mut w = Window::decode(&bytes).unwrap_or_default();
@@ -251,7 +294,7 @@ impl Slot {
             if l.is_empty() {
                 return Some(w);
             }
-            w.merge(&l);
+            w.merge(&l, window_ms, now);
             drop(l);
             if host.store_set(key, Some(&w.encode()), cas) {
                 local.0.borrow_mut().clear();

@@ -1,16 +1,28 @@
 //! The flow against the fake host: split, override, unmatched requests,
 //! breaker (fallback, reject, half-open rounds), guard, shadow verdicts,
-//! counters on the tick, and the host calls a request costs.
+//! counters on the tick, live configurations (which one ticks, gauges of
+//! a deleted one), breaker keys per filter and their inheritance, and the
+//! host calls a request costs.
+
+use std::cell::RefCell;
 
 use super::fake::{Fake, FakeStream};
-use super::{request, response, shadow, tick, Exchange, Next, Plan, Worker};
+use super::tick::Live;
+use super::{request, response, shadow, tick, Exchange, Host, Next, Plan, Worker};
+use crate::breaker::{Breaker, State, Ticket};
 use crate::config::Config;
 use crate::decision::Reason;
 
 const T0: u64 = 1_800_000_000_000;
 
+/// The id of an [`Env`]'s own configuration.
+const ID: u32 = 1;
+
+/// A worker (one host, its live configurations) and a first
+/// configuration, [`ID`], of plugin `p`.
 struct Env {
     host: Fake,
+    live: RefCell<Live>,
     plan: Plan,
     worker: Worker,
 }
@@ -37,27 +49,29 @@ fn config(routes: &str, extra: &str) -> String {
 
 impl Env {
     fn new(json: &str) -> Env {
-        let host = Fake::new(T0);
-        let config = Config::from_json(json.as_bytes()).expect("valid config");
-        let (plan, worker, _) = tick::start(&host, "p", config);
-        Env { host, plan, worker }
+        Env::on(Fake::new(T0), json)
+    }
+
+    /// Configuration `json` on `host` (whose store may hold state already).
+    fn on(host: Fake, json: &str) -> Env {
+        let live = RefCell::new(Live::default());
+        let (plan, worker) = start(&host, &live, ID, "p", json);
+        Env {
+            host,
+            live,
+            plan,
+            worker,
+        }
+    }
+
+    /// Another configuration `id` of plugin `plugin` in the same worker,
+    /// the newest.
+    fn another(&self, id: u32, plugin: &str, json: &str) -> (Plan, Worker) {
+        start(&self.host, &self.live, id, plugin, json)
     }
 
     fn request(&self, headers: &[(&str, &str)], end_of_stream: bool) -> Req {
-        let stream = FakeStream::new(headers);
-        let mut exchange = Exchange::default();
-        let next = exchange.on_request_headers(
-            &self.host,
-            &stream,
-            &self.plan,
-            &self.worker,
-            end_of_stream,
-        );
-        Req {
-            stream,
-            next,
-            exchange,
-        }
+        request_on(&self.host, &self.plan, &self.worker, headers, end_of_stream)
     }
 
     /// A GET of `path` by user `user`.
@@ -85,12 +99,60 @@ impl Env {
     }
 
     fn tick(&self) {
-        tick::tick(&self.host, &self.plan, &self.worker, true);
+        self.tick_of(ID, &self.plan, &self.worker);
+    }
+
+    /// The tick of configuration `id`.
+    fn tick_of(&self, id: u32, plan: &Plan, worker: &Worker) {
+        tick::tick(&self.host, plan, worker, &self.live.borrow(), id);
     }
 
     fn metric(&self, name: &str) -> u64 {
         self.host.metric(&format!("traffic_shift.{name}"))
     }
+}
+
+/// Starts configuration `id` (`json`) of plugin `plugin` (root_id empty)
+/// as the newest in `live`.
+fn start(host: &Fake, live: &RefCell<Live>, id: u32, plugin: &str, json: &str) -> (Plan, Worker) {
+    let config = Config::from_json(json.as_bytes()).expect("valid config");
+    tick::start(host, &mut live.borrow_mut(), id, plugin, "", config)
+}
+
+/// A request to configuration `plan` in the worker `worker`.
+fn request_on(
+    host: &Fake,
+    plan: &Plan,
+    worker: &Worker,
+    headers: &[(&str, &str)],
+    end_of_stream: bool,
+) -> Req {
+    let stream = FakeStream::new(headers);
+    let mut exchange = Exchange::default();
+    let next = exchange.on_request_headers(host, &stream, plan, worker, end_of_stream);
+    Req {
+        stream,
+        next,
+        exchange,
+    }
+}
+
+/// A GET of `path` by user `user` to configuration `plan`, answered
+/// `status` (the cluster it went to).
+fn get_answered(
+    host: &Fake,
+    plan: &Plan,
+    worker: &Worker,
+    path: &str,
+    user: &str,
+    status: u16,
+) -> Option<String> {
+    let headers = [(":method", "GET"), (":path", path), ("x-user", user)];
+    let mut r = request_on(host, plan, worker, &headers, true);
+    r.stream.respond(&[(":status", &status.to_string())]);
+    r.exchange
+        .on_response_headers(host, &r.stream, plan, worker, true);
+    r.target()
 }
 
 const ORDERS: &str =
@@ -524,35 +586,259 @@ fn a_healthy_breaker_costs_one_store_read_and_nothing_on_success() {
     assert_eq!(env.host.take_log(), ["now", "record_metric"]);
 }
 
+const GUARDED: &str = r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50,
+    "guard": {"window_s": 30, "min_requests": 20}}"#;
+
 #[test]
 fn an_old_configuration_only_flushes_on_its_tick() {
-    let env = Env::new(&config(
-        r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50,
-            "guard": {"window_s": 30, "min_requests": 20}}"#,
-        "",
-    ));
+    let env = Env::new(&config(GUARDED, ""));
     env.get("/orders/1", "u");
+    // An update: the same routes in a newer configuration, the old one
+    // not deleted yet.
+    let (plan, worker) = env.another(2, "p", &config(GUARDED, ""));
     env.host.take_log();
-    tick::tick(&env.host, &env.plan, &env.worker, false);
-    assert_eq!(env.host.take_log(), ["increment_metric"]);
+    env.tick();
+    // The flush, and the clock read before the keys are asked.
+    assert_eq!(env.host.take_log(), ["increment_metric", "now"]);
     assert_eq!(
         env.metric("route.orders.target.service.rq_total")
             + env.metric("route.orders.target.monolith.rq_total"),
         1
     );
+    // The newer one ticks the guard key and refreshes the gauge.
+    env.tick_of(2, &plan, &worker);
+    let log = env.host.take_log();
+    assert!(log.contains(&"store_get"), "{log:?}");
+    assert!(log.contains(&"record_metric"), "{log:?}");
 }
 
 #[test]
-fn a_new_configuration_zeroes_the_gauges_of_a_removed_route() {
-    let env = Env::new(&config(ORDERS, ""));
+fn a_deleted_configuration_zeroes_the_gauges_only_it_set() {
+    let env = Env::new(&config(GUARDED, ""));
+    let guard_key = env.plan.guards[0].as_ref().expect("a guard").key.clone();
+    // One outcome merged on the tick: the guard key holds a window.
+    let mut r = env.get("/orders/1", "u");
+    env.status(&mut r, 200);
+    env.tick();
+    assert!(env
+        .host
+        .store_get(&guard_key)
+        .expect("readable")
+        .1
+        .is_some());
     assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
     let other = r#"{"name": "auth", "prefix": "/auth/", "service": "auth_service", "percent": 10}"#;
-    let config = Config::from_json(config(other, "").as_bytes()).expect("valid config");
-    let (_plan, _worker, generation) = tick::start(&env.host, "p", config);
-    assert_eq!(env.metric("route.orders.effective_percent_bp"), 0);
+    let (plan, _worker) = env.another(2, "p", &config(other, ""));
+    // The old configuration still serves until the host deletes it.
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
     assert_eq!(env.metric("route.auth.effective_percent_bp"), 1000);
-    assert!(tick::in_force("p", generation));
-    assert!(!tick::in_force("p", generation - 1));
+    assert!(env.live.borrow().sets_gauge(ID, "orders"));
+    assert!(env.live.borrow().sets_gauge(2, "auth"));
+    env.live.borrow_mut().leave(&env.host, ID);
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 0);
+    assert_eq!(env.metric("route.orders.guard.tripped"), 0);
+    assert_eq!(env.metric("route.auth.effective_percent_bp"), 1000);
+    assert_eq!(
+        env.host.store_get(&guard_key),
+        Some((Vec::new(), None)),
+        "the guard key no live configuration holds is released"
+    );
+    // The last one going zeroes the rest.
+    drop(plan);
+    env.live.borrow_mut().leave(&env.host, 2);
+    assert_eq!(env.metric("route.auth.effective_percent_bp"), 0);
+}
+
+#[test]
+fn a_guard_key_held_by_a_newer_configuration_is_kept() {
+    let env = Env::new(&config(GUARDED, ""));
+    let guard_key = env.plan.guards[0].as_ref().expect("a guard").key.clone();
+    let mut r = env.get("/orders/1", "u");
+    env.status(&mut r, 200);
+    env.tick();
+    let (plan, _worker) = env.another(2, "p", &config(GUARDED, ""));
+    assert_eq!(
+        plan.guards[0].as_ref().map(|g| g.key.clone()),
+        Some(guard_key.clone())
+    );
+    env.live.borrow_mut().leave(&env.host, ID);
+    assert!(env
+        .host
+        .store_get(&guard_key)
+        .expect("readable")
+        .1
+        .is_some());
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
+}
+
+/// Issue 20, item 5: two filters with one plugin name in one worker (two
+/// listeners, each with its own configuration). Both live: each ticks its
+/// own keys, neither zeroes the other's gauges, and their breakers are
+/// apart (the key holds the filter and the route's path).
+#[test]
+fn two_configurations_of_one_plugin_name_both_tick_with_their_own_keys() {
+    let breaker = |prefix: &str| {
+        format!(
+            r#"{{"name": "orders", "prefix": "{prefix}", "service": "orders_service", "percent": 100,
+                "outlier": {{"consecutive_failures": 2, "base_ejection_ms": 5000}}}}"#
+        )
+    };
+    let a_json = config(
+        &format!(
+            r#"{}, {{"name": "auth", "prefix": "/auth/", "service": "auth_service", "percent": 50,
+                     "guard": {{"window_s": 30, "min_requests": 20}}}}"#,
+            breaker("/orders/")
+        ),
+        "",
+    );
+    let env = Env::new(&a_json);
+    let (b_plan, b_worker) = env.another(2, "p", &config(&breaker("/shop/"), ""));
+    let (a, b) = ((&env.plan, &env.worker), (&b_plan, &b_worker));
+    let key = |plan: &Plan| plan.breakers[0].as_ref().map(|s| s.key().to_string());
+    let (a_key, b_key) = (key(a.0).expect("a breaker"), key(b.0).expect("a breaker"));
+    assert_ne!(a_key, b_key, "one route name, one service, two filters");
+    {
+        let live = env.live.borrow();
+        assert!(live.ticks(ID, &a_key) && live.ticks(2, &b_key));
+        assert!(!live.ticks(ID, &b_key) && !live.ticks(2, &a_key));
+    }
+    // b's configuration left a's gauges alone.
+    assert_eq!(env.metric("route.auth.effective_percent_bp"), 5000);
+    assert_eq!(env.metric("breaker_keys"), 2);
+    // a's failures open a's breaker only.
+    for _ in 0..2 {
+        let to = get_answered(&env.host, a.0, a.1, "/orders/1", "u", 503);
+        assert_eq!(to.as_deref(), Some("orders_service"));
+    }
+    let to = |(plan, worker): (&Plan, &Worker), path| {
+        get_answered(&env.host, plan, worker, path, "u", 200)
+    };
+    assert_eq!(to(a, "/orders/1").as_deref(), Some("monolith"));
+    assert_eq!(to(b, "/shop/1").as_deref(), Some("orders_service"));
+    // a, the older, still ticks its guard: the service fails, it trips.
+    for i in 0..200 {
+        let user = format!("u{i}");
+        let mut r = request_on(
+            &env.host,
+            a.0,
+            a.1,
+            &[(":method", "GET"), (":path", "/auth/1"), ("x-user", &user)],
+            true,
+        );
+        let service = r.target().as_deref() == Some("auth_service");
+        r.stream
+            .respond(&[(":status", if service { "500" } else { "200" })]);
+        r.exchange
+            .on_response_headers(&env.host, &r.stream, a.0, a.1, true);
+    }
+    env.tick_of(2, b.0, b.1);
+    env.tick_of(ID, a.0, a.1);
+    assert_eq!(env.metric("route.auth.guard.tripped"), 1);
+    assert_eq!(env.metric("route.auth.effective_percent_bp"), 0);
+    // a's tick ran its breaker's time-driven work: half-open after the
+    // ejection.
+    env.host.advance(5000);
+    env.tick_of(2, b.0, b.1);
+    env.tick_of(ID, a.0, a.1);
+    let stored = env.host.store_get(&a_key).expect("readable").0;
+    assert_eq!(
+        Breaker::decode(&stored).map(|b| b.state()),
+        Some(State::HalfOpen)
+    );
+    let stored = env.host.store_get(&b_key).expect("readable").0;
+    assert!(stored.is_empty(), "b's breaker is healthy");
+}
+
+/// Issue 20, item 5, on upgrade: a release before the filter identity kept
+/// the breaker under [`crate::config::Route::breaker_key`]. A new key
+/// inherits that state once (an open breaker stays open) and never looks
+/// back; the old key stays for a rollback.
+#[test]
+fn an_upgrade_inherits_the_breaker_of_the_key_without_filter_identity() {
+    let json = breaker_config("fallback", 1);
+    let config = Config::from_json(json.as_bytes()).expect("valid config");
+    let route = &config.routes[0];
+    let settings = route.outlier.clone().expect("an outlier");
+    let legacy = route.breaker_key().expect("a breaker");
+    let mut open = Breaker::default();
+    for _ in 0..2 {
+        open.record(&settings, T0 - 1000, true, Ticket::Pass, None);
+    }
+    assert_eq!(open.state(), State::Open);
+    let host = Fake::new(T0);
+    assert!(host.store_set(&legacy, Some(&open.encode()), None));
+    let env = Env::on(host, &json);
+    let key = env.plan.breakers[0]
+        .as_ref()
+        .expect("a breaker")
+        .key()
+        .to_string();
+    assert_ne!(key, legacy);
+    let r = env.get("/orders/1", "u");
+    assert_eq!(r.target().as_deref(), Some("monolith"), "still open");
+    assert_eq!(r.stream.reason.get(), Some(Reason::BreakerFallback));
+    // The ejection ends, a probe succeeds: closed.
+    env.host.advance(5000);
+    let mut probe = env.get("/orders/1", "u");
+    assert_eq!(probe.target().as_deref(), Some("orders_service"));
+    env.status(&mut probe, 200);
+    // A configuration update: the key was written, the old state (still
+    // there, open) is not read again.
+    let (plan, worker) = env.another(2, "p", &json);
+    let to = get_answered(&env.host, &plan, &worker, "/orders/1", "u", 200);
+    assert_eq!(to.as_deref(), Some("orders_service"));
+    let old = env.host.store_get(&legacy).expect("readable").0;
+    assert_eq!(
+        Breaker::decode(&old).map(|b| b.state()),
+        Some(State::Open),
+        "left for a rollback"
+    );
+}
+
+/// Issue 20, item 2 through the flow: an update raising
+/// `failure_rate.window_ms` keeps the window's key; the failures counted
+/// after it still open the breaker.
+#[test]
+fn a_raised_failure_rate_window_still_trips() {
+    let rate = |window_ms: u64| {
+        config(
+            &format!(
+                r#"{{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 100,
+                    "outlier": {{"consecutive_failures": 0, "base_ejection_ms": 5000,
+                                "failure_rate": {{"threshold_percent": 50, "min_requests": 20, "window_ms": {window_ms}}}}}}}"#
+            ),
+            "",
+        )
+    };
+    let env = Env::new(&rate(1000));
+    for i in 0..10 {
+        let mut r = env.get("/orders/1", &format!("u{i}"));
+        env.status(&mut r, 200);
+        env.host.advance(100);
+    }
+    env.tick();
+    let (plan, worker) = env.another(2, "p", &rate(10_000));
+    env.live.borrow_mut().leave(&env.host, ID);
+    let mut to_service = 0;
+    for i in 0..60 {
+        let to = get_answered(
+            &env.host,
+            &plan,
+            &worker,
+            "/orders/1",
+            &format!("f{i}"),
+            500,
+        );
+        to_service += usize::from(to.as_deref() == Some("orders_service"));
+        env.host.advance(50);
+        if i % 20 == 19 {
+            env.tick_of(2, &plan, &worker);
+        }
+    }
+    // min_requests 20 at 100 % failures: open at the 20th failure.
+    assert_eq!(to_service, 20);
+    env.tick_of(2, &plan, &worker);
+    assert_eq!(env.metric("route.orders.breaker.opened"), 1);
 }
 
 /// A host shared by threads: the fake behind a lock.
@@ -602,8 +888,10 @@ fn worker_threads_share_one_plan() {
     let host = Locked(std::sync::Mutex::new(Fake::new(T0)));
     let json = breaker_config("fallback", 1);
     let config = Config::from_json(json.as_bytes()).expect("valid config");
-    let (plan, _) = tick::configure(&host, config);
-    let plan = std::sync::Arc::new(plan);
+    let (plan, _) = tick::configure(&host, config, 0);
+    let mut live = Live::default();
+    live.join(&host, ID, &plan);
+    let (plan, live) = (std::sync::Arc::new(plan), &live);
     let worker = |failing: bool| {
         let (host, plan) = (&host, plan.clone());
         move || {
@@ -619,7 +907,7 @@ fn worker_threads_share_one_plan() {
                 stream.respond(&[(":status", if failing { "503" } else { "200" })]);
                 response::on_response(host, &stream, &plan, &worker, pending);
             }
-            tick::tick(host, &plan, &worker, true);
+            tick::tick(host, &plan, &worker, live, ID);
             targets
         }
     };

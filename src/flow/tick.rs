@@ -1,14 +1,13 @@
 //! Configuring and the tick.
 //!
 //! [`configure`] defines a configuration's stats and builds its [`Plan`]
-//! (and the first [`Worker`]); [`take_over_gauges`] zeroes what the
-//! previous configuration of the same plugin set and this one does not. A
-//! tick (1 s, per worker) flushes the counters, runs the guards' and
-//! breakers' time-driven work and merges their windows, and keeps the
-//! effective-percent gauges current when no requests come.
+//! (and the first [`Worker`]); [`Live`] lists the configurations live in a
+//! worker, says which of them ticks a store key or refreshes a gauge, and
+//! zeroes what a deleted configuration alone set. A tick (1 s, per worker)
+//! flushes the counters, runs the guards' and breakers' time-driven work
+//! and merges their windows, and keeps the effective-percent gauges current
+//! when no requests come.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::counters::{self, Metric};
@@ -21,8 +20,9 @@ use crate::stats::{self, BreakerStats, GuardStats, Kind, LocalCounters, RouteSta
 pub const TICK: Duration = Duration::from_secs(1);
 
 /// Defines the stats of `config` and builds its plan and the state of the
-/// worker that configured it.
-pub fn configure(host: &impl Host, config: Config) -> (Plan, Worker) {
+/// worker that configured it. `filter`: which filter the configuration
+/// belongs to ([`Config::filter_identity`]), for its breaker keys.
+pub fn configure(host: &impl Host, config: Config, filter: u64) -> (Plan, Worker) {
     let mut c = LocalCounters::default();
     let stats: Vec<RouteStats<Metric>> = config
         .routes
@@ -42,7 +42,7 @@ pub fn configure(host: &impl Host, config: Config) -> (Plan, Worker) {
             let bs = BreakerStats::define(&r.name, &mut |k, n: &str| {
                 counters::define(host, &mut c, k, n)
             });
-            let (slot, n) = breaker::Slot::new(host, r, bs)?;
+            let (slot, n) = breaker::Slot::new(host, r, filter, bs)?;
             keys = n.or(keys);
             Some(slot)
         })
@@ -76,14 +76,6 @@ pub fn configure(host: &impl Host, config: Config) -> (Plan, Worker) {
     (plan, worker)
 }
 
-/// The gauges a configuration set, by route name, so that the next
-/// configuration of the same plugin can zero those it no longer sets.
-#[derive(Default)]
-struct Gauges {
-    generation: u64,
-    routes: Vec<RouteGauges>,
-}
-
 /// The gauges of one route, and its guard's store key.
 #[derive(Clone)]
 struct RouteGauges {
@@ -93,10 +85,119 @@ struct RouteGauges {
     guard: Option<(Metric, String)>,
 }
 
-thread_local! {
-    /// Per plugin name: the gauges of the configuration in force in this
-    /// worker.
-    static IN_FORCE: RefCell<HashMap<String, Gauges>> = RefCell::new(HashMap::new());
+/// One live configuration: the gauges it sets and the breaker keys it
+/// holds.
+struct Entry {
+    id: u32,
+    gauges: Vec<RouteGauges>,
+    breaker_keys: Vec<String>,
+}
+
+/// Every configuration live in one worker (proxy-wasm: one VM; its root
+/// contexts not deleted yet), oldest first. A host keeps one per worker,
+/// or one per process if its configurations are shared by every worker.
+///
+/// Envoy gives a configuration no identity beyond its plugin name, which
+/// two filters of one VM may share, and a configuration update makes a new
+/// configuration while the old one lives on until Envoy deletes it. So
+/// nothing here is keyed by plugin name:
+///
+/// 1. a store key (breaker, guard) is ticked by the newest live
+///    configuration holding it ([`Live::ticks`]);
+/// 2. a route's effective-percent gauge is refreshed by the newest live
+///    configuration with that route ([`Live::sets_gauge`]);
+/// 3. when a configuration leaves ([`Live::leave`]), the gauges no other
+///    live configuration sets are zeroed and the guard keys no other live
+///    configuration holds are released.
+#[derive(Default)]
+pub struct Live(Vec<Entry>);
+
+impl Live {
+    /// Whether `id` is the newest live configuration for which `holds` is
+    /// true.
+    fn newest(&self, id: u32, holds: impl Fn(&Entry) -> bool) -> bool {
+        self.0
+            .iter()
+            .rev()
+            .find(|x| holds(x))
+            .is_some_and(|x| x.id == id)
+    }
+
+    /// Whether configuration `id` ticks store key `key` (breaker or
+    /// guard): it is the newest live configuration holding it.
+    pub fn ticks(&self, id: u32, key: &str) -> bool {
+        self.newest(id, |x| {
+            x.breaker_keys.iter().any(|k| k == key)
+                || x.gauges
+                    .iter()
+                    .any(|g| g.guard.as_ref().is_some_and(|(_, k)| k == key))
+        })
+    }
+
+    /// Whether configuration `id` keeps route `name`'s effective-percent
+    /// gauge current: it is the newest live configuration with that route.
+    pub fn sets_gauge(&self, id: u32, name: &str) -> bool {
+        self.newest(id, |x| x.gauges.iter().any(|g| g.name == name))
+    }
+
+    /// Registers configuration `id` as the newest (replacing an earlier one
+    /// of the same id, whose leftovers are cleared as by [`Live::leave`]).
+    pub fn join(&mut self, host: &impl Host, id: u32, plan: &Plan) {
+        let earlier = self.remove(id);
+        self.0.push(Entry {
+            id,
+            gauges: gauges(plan),
+            breaker_keys: plan
+                .breakers
+                .iter()
+                .flatten()
+                .map(|b| b.key().to_string())
+                .collect(),
+        });
+        if let Some(gone) = earlier {
+            self.clear(host, &gone);
+        }
+    }
+
+    /// Unregisters configuration `id` (the host deleted it): zeroes the
+    /// gauges only it set (a removed or renamed route, a removed breaker
+    /// or guard), so that no dashboard or alert reads a stale value, and
+    /// frees guard state no live configuration uses.
+    pub fn leave(&mut self, host: &impl Host, id: u32) {
+        if let Some(gone) = self.remove(id) {
+            self.clear(host, &gone);
+        }
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Entry> {
+        let i = self.0.iter().position(|x| x.id == id)?;
+        Some(self.0.remove(i))
+    }
+
+    /// Zeroes and frees what `gone` set or held and no live configuration
+    /// does.
+    fn clear(&self, host: &impl Host, gone: &Entry) {
+        let others = || self.0.iter().flat_map(|x| &x.gauges);
+        for g in &gone.gauges {
+            let same = || others().filter(|o| o.name == g.name);
+            if same().next().is_none() {
+                counters::record(host, g.effective_bp, 0);
+            }
+            if let Some(state) = g.breaker_state {
+                if !same().any(|o| o.breaker_state.is_some()) {
+                    counters::record(host, state, 0);
+                }
+            }
+            if let Some((tripped, key)) = &g.guard {
+                if !same().any(|o| o.guard.is_some()) {
+                    counters::record(host, *tripped, 0);
+                }
+                if !others().any(|o| o.guard.as_ref().is_some_and(|(_, k)| k == key)) {
+                    guard::release(host, key);
+                }
+            }
+        }
+    }
 }
 
 /// The gauges `plan` sets.
@@ -117,49 +218,6 @@ fn gauges(plan: &Plan) -> Vec<RouteGauges> {
         .collect()
 }
 
-/// Zeroes the gauges the previous configuration of `plugin` set and `plan`
-/// does not (a removed or renamed route, a removed breaker or guard), so
-/// that no dashboard or alert reads a stale value, and frees guard state no
-/// configuration uses any more. Returns this configuration's generation.
-pub fn take_over_gauges(host: &impl Host, plugin: &str, plan: &Plan) -> u64 {
-    let now = gauges(plan);
-    IN_FORCE.with(|m| {
-        let mut m = m.borrow_mut();
-        let entry = m.entry(plugin.to_string()).or_default();
-        for old in &entry.routes {
-            let kept = now.iter().find(|r| r.name == old.name);
-            if kept.is_none() {
-                counters::record(host, old.effective_bp, 0);
-            }
-            if let (Some(state), None) = (old.breaker_state, kept.and_then(|k| k.breaker_state)) {
-                counters::record(host, state, 0);
-            }
-            if let Some((tripped, key)) = &old.guard {
-                let new = kept.and_then(|k| k.guard.as_ref());
-                if new.is_none() {
-                    counters::record(host, *tripped, 0);
-                }
-                if new.is_none_or(|(_, k)| k != key) {
-                    guard::release(host, key);
-                }
-            }
-        }
-        entry.generation += 1;
-        entry.routes = now;
-        entry.generation
-    })
-}
-
-/// Whether `generation` is still the latest configuration of `plugin` in
-/// this worker (an old configuration may tick until the host drops it).
-pub fn in_force(plugin: &str, generation: u64) -> bool {
-    IN_FORCE.with(|m| {
-        m.borrow()
-            .get(plugin)
-            .is_some_and(|g| g.generation == generation)
-    })
-}
-
 /// Sets every route's effective-percent gauge (on configuring).
 pub fn publish_shares(host: &impl Host, plan: &Plan, worker: &Worker) {
     let now = host.now_ms();
@@ -172,21 +230,24 @@ pub fn publish_shares(host: &impl Host, plan: &Plan, worker: &Worker) {
     }
 }
 
-/// The tick. `in_force`: from [`in_force`]; an old configuration only
-/// flushes its counters.
-pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, in_force: bool) {
+/// The tick of configuration `id` (one of `live`): flushes its counters;
+/// ticks the guard and breaker keys it is the newest to hold and refreshes
+/// the gauges of the routes it is the newest to have (an old configuration
+/// that a newer one replaced only flushes).
+pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, live: &Live, id: u32) {
     counters::flush(host, &worker.counters);
-    if !in_force {
-        return;
-    }
     let c = &worker.counters;
     let now = host.now_ms();
     for i in 0..plan.config.routes.len() {
         if let Some((route, settings, slot, local)) = guard::of(plan, worker, i) {
-            slot.tick(host, local, route, settings, c, now);
+            if live.ticks(id, &slot.key) {
+                slot.tick(host, local, route, settings, c, now);
+            }
         }
         if let Some((route, settings, slot, local)) = breaker::of(plan, worker, i) {
-            slot.tick(host, local, route, settings, c, now);
+            if live.ticks(id, slot.key()) {
+                slot.tick(host, local, route, settings, c, now);
+            }
         }
     }
     for (i, ((route, s), g)) in plan
@@ -197,7 +258,7 @@ pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, in_force: bool) {
         .zip(&plan.guards)
         .enumerate()
     {
-        if !route.ramp.is_empty() || g.is_some() {
+        if (!route.ramp.is_empty() || g.is_some()) && live.sets_gauge(id, &route.name) {
             counters::record(
                 host,
                 s.effective_bp,
@@ -215,12 +276,21 @@ pub fn end(host: &impl Host, plan: &Plan, worker: &Worker) {
     counters::flush(host, &worker.counters);
 }
 
-/// Builds a configuration: the plan, the first worker's state, the gauges
-/// taken over from the previous configuration of `plugin` and set; the
-/// generation for [`in_force`].
-pub fn start(host: &impl Host, plugin: &str, config: Config) -> (Plan, Worker, u64) {
-    let (plan, worker) = configure(host, config);
-    let generation = take_over_gauges(host, plugin, &plan);
+/// Builds configuration `id` of the filter the host names `plugin`
+/// (`root_id`: the host's second name for it, empty if none): the plan,
+/// the first worker's state; joins it to `live` as the newest and sets its
+/// gauges.
+pub fn start(
+    host: &impl Host,
+    live: &mut Live,
+    id: u32,
+    plugin: &str,
+    root_id: &str,
+    config: Config,
+) -> (Plan, Worker) {
+    let filter = config.filter_identity(plugin, root_id);
+    let (plan, worker) = configure(host, config, filter);
+    live.join(host, id, &plan);
     publish_shares(host, &plan, &worker);
-    (plan, worker, generation)
+    (plan, worker)
 }

@@ -224,6 +224,27 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
         ),
         None => {
             let named = named_clusters(&config);
+            let own = [
+                (
+                    matches!(source, FilterSource::Ads(_)),
+                    "--ads",
+                    bootstrap::ADS_CLUSTER,
+                    "the control plane",
+                ),
+                (
+                    otlp.is_some(),
+                    "--otlp",
+                    bootstrap::OTLP_CLUSTER,
+                    "the trace collector",
+                ),
+            ];
+            for (used, flag, own, what) in own {
+                if let Some((n, field)) = named.iter().find(|(n, _)| used && *n == own) {
+                    return Err(format!(
+                        "cluster {n} ({field}): {flag} adds a cluster of that name ({what}); rename it in the configuration"
+                    ));
+                }
+            }
             if let Some((c, _)) = clusters
                 .iter()
                 .find(|(c, _)| !named.iter().any(|(n, _)| n == c))
