@@ -654,6 +654,34 @@ COPY: warning: listener ingress: the traffic_shift filter's failure_policy is FA
     assert_eq!(err, "COPY: warning: listener ingress: the traffic_shift filter's failure_policy is FAIL_RELOAD: after a VM failure, requests get 503 until Envoy has reloaded the VM (a backoff from 1 s); with FAIL_OPEN Envoy skips the filter and the catch-all route sends traffic to the monolith\n");
 }
 
+const UPGRADES: &str = "          upgrade_configs:\n          - upgrade_type: websocket\n";
+
+/// Issue 23: a bootstrap that refuses WebSocket upgrades gets a warning;
+/// a route that enables them itself is enough.
+#[test]
+fn check_envoy_warns_when_websocket_upgrades_are_refused() {
+    let warning = "COPY: warning: listener ingress: the HTTP connection manager refuses WebSocket upgrades (Envoy answers them 403): add upgrade_configs: [{upgrade_type: websocket}] to let them through; the filter splits them like any request\n";
+    let (code, out, err) = lint_copy(replaced(UPGRADES, ""));
+    assert_eq!((code, err.as_str()), (0, warning));
+    assert!(
+        out.ends_with("\nCOPY: 0 error(s), 1 warning(s) against this configuration\n"),
+        "{out}"
+    );
+    let (_, _, err) = lint_copy(replaced(
+        "- upgrade_type: websocket\n",
+        "- {upgrade_type: WebSocket, enabled: false}\n",
+    ));
+    assert_eq!(err, warning);
+    let (_, _, err) = lint_copy(|t| {
+        t.replacen(UPGRADES, "", 1).replacen(
+            "route: {cluster: monolith}",
+            "route: {cluster: monolith, upgrade_configs: [{upgrade_type: websocket}]}",
+            1,
+        )
+    });
+    assert_eq!(err, "");
+}
+
 #[test]
 fn check_envoy_finds_missing_stats_tags_and_a_missing_filter() {
     let (code, _, err) = lint_copy(|t| {

@@ -220,6 +220,10 @@ static_resources:
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+          # WebSocket upgrades (HTTP/1.1 Upgrade): without this Envoy refuses
+          # them with 403. The filter decides once, on the upgrade request.
+          upgrade_configs:
+          - upgrade_type: websocket
 ",
         spec.admin.yaml(),
         spec.listen.yaml()

@@ -13,7 +13,9 @@
 //! 6. nothing strips the target header before routing;
 //! 7. a failure policy other than `FAIL_OPEN`;
 //! 8. what this file does not say: routes from RDS, clusters from CDS, the
-//!    filter from ECDS, a route matcher this check cannot evaluate.
+//!    filter from ECDS, a route matcher this check cannot evaluate;
+//! 9. an HCM that refuses WebSocket upgrades (no `upgrade_configs` entry
+//!    `websocket`, and no route enabling it): Envoy answers them 403.
 
 // Indexing a `serde_yaml::Value` never panics: a missing key or index reads
 // as `Null`.
@@ -86,6 +88,7 @@ pub fn lint(bootstrap: &Yaml, config: &Config) -> Vec<Finding> {
     for hcm in &hcms {
         check_header_stripped(&mut f, hcm, config);
         check_failure_policy(&mut f, hcm);
+        check_websocket(&mut f, hcm);
     }
     let mut all = f.0;
     all.sort_by_key(|x| x.severity == Severity::Warning);
@@ -642,6 +645,41 @@ fn check_failure_policy(f: &mut Findings, hcm: &Hcm) {
     };
     f.warning(format!(
         "{}: the traffic_shift filter's failure_policy is {what}; with FAIL_OPEN Envoy skips the filter and the catch-all route sends traffic to the monolith",
+        hcm.at
+    ));
+}
+
+/// Whether `upgrade_configs` (an HCM's or a route's) has a `websocket`
+/// entry, and whether it enables or refuses it (`enabled` defaults to
+/// true). Envoy compares upgrade types case-insensitively.
+fn websocket_upgrade(upgrade_configs: &Yaml) -> Option<bool> {
+    seq(upgrade_configs)
+        .iter()
+        .find(|u| {
+            u["upgrade_type"]
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("websocket"))
+        })
+        .map(|u| u["enabled"].as_bool() != Some(false))
+}
+
+/// Warning 9: WebSocket upgrades refused. Envoy allows an upgrade when the
+/// HCM enables it and the route does not refuse it, or when the route
+/// enables it itself; an inline route table with a route enabling it is
+/// taken as intended. Routes from RDS are not read (warning 8 says so).
+fn check_websocket(f: &mut Findings, hcm: &Hcm) {
+    if websocket_upgrade(&hcm.config["upgrade_configs"]) == Some(true) {
+        return;
+    }
+    let route_enables = seq(&hcm.config["route_config"]["virtual_hosts"])
+        .iter()
+        .flat_map(|vh| seq(&vh["routes"]))
+        .any(|r| websocket_upgrade(&r["route"]["upgrade_configs"]) == Some(true));
+    if route_enables || !hcm.config["rds"].is_null() {
+        return;
+    }
+    f.warning(format!(
+        "{}: the HTTP connection manager refuses WebSocket upgrades (Envoy answers them 403): add upgrade_configs: [{{upgrade_type: websocket}}] to let them through; the filter splits them like any request",
         hcm.at
     ));
 }
