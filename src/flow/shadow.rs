@@ -6,7 +6,8 @@
 //! streaming or long done).
 //!
 //! Per request, a route without `shadow` pays nothing here; a request of a
-//! shadow route that is not drawn pays one pseudo-random draw. A shadowed
+//! shadow route that is not drawn pays one pseudo-random draw. An upgrade
+//! request (WebSocket) is never shadowed, drawn or not. A shadowed
 //! request pays the call, the listed response headers, and with
 //! `compare_body` a copy of each response chunk.
 
@@ -247,7 +248,10 @@ pub fn start(
     };
     let map = HeaderMap::new(&bytes);
     let method = map.get(b":method").unwrap_or_default();
-    if !s.shadows_method(method) {
+    // An upgrade (a WebSocket) cannot be replayed as a call, and its
+    // frames are no body to collect: a request carrying `upgrade` is never
+    // shadowed and counts no result.
+    if !s.shadows_method(method) || map.get(b"upgrade").is_some() {
         return;
     }
     if !worker.shadows.table.borrow().admits(route, s.max_in_flight) {

@@ -992,3 +992,241 @@ fn shadow_carries_the_request_body_and_compares_response_bodies() {
     env.get("/orders/1", "u");
     assert_eq!(env.host.calls.borrow().len(), 2);
 }
+
+// ---- WebSocket upgrades (issue 23) ----
+
+/// A WebSocket upgrade request by `user` (the stream goes on: frames follow).
+fn upgrade(host: &Fake, plan: &Plan, worker: &Worker, path: &str, user: &str) -> Req {
+    let headers = [
+        (":method", "GET"),
+        (":path", path),
+        ("x-user", user),
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+    ];
+    request_on(host, plan, worker, &headers, false)
+}
+
+/// `n` frames each way through the body callbacks of `plan`; every host
+/// call they made (stream and host).
+fn frames(host: &Fake, plan: &Plan, worker: &Worker, r: &mut Req, n: usize) -> Vec<&'static str> {
+    host.take_log();
+    r.stream.take_log();
+    for _ in 0..n {
+        *r.stream.chunk.borrow_mut() = b"\x81\x05hello".to_vec();
+        r.exchange
+            .on_request_body(host, &r.stream, plan, worker, 7, false);
+        r.exchange
+            .on_response_body(host, &r.stream, plan, worker, 7, false);
+        host.advance(100);
+    }
+    let mut calls = host.take_log();
+    calls.extend(r.stream.take_log());
+    calls
+}
+
+/// The upstream accepts the upgrade (`101`, the stream goes on).
+fn switch(host: &Fake, plan: &Plan, worker: &Worker, r: &mut Req) {
+    r.stream
+        .respond(&[(":status", "101"), ("upgrade", "websocket")]);
+    r.exchange
+        .on_response_headers(host, &r.stream, plan, worker, false);
+}
+
+/// The decision is made once, on the upgrade request: frames in both
+/// directions make no host call and write no header, across a
+/// configuration update (a new plan for new streams; an open stream keeps
+/// the one it started with, as the proxy-wasm host's stream context keeps
+/// its `Rc`), a ramp step and a guard trip. Connections already open stay
+/// on their side until they close.
+#[test]
+fn an_upgraded_connection_stays_on_its_side_and_its_frames_cost_nothing() {
+    let env = Env::new(&config(
+        r#"{"name": "ws", "prefix": "/ws/", "service": "chat_service", "percent": 0,
+            "ramp": [{"at": "2027-01-15T08:00:05Z", "percent": 50}],
+            "guard": {"window_s": 30, "min_requests": 20}}"#,
+        "",
+    ));
+    let (host, plan, worker) = (&env.host, &env.plan, &env.worker);
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let mut open: Vec<Req> = users
+        .iter()
+        .map(|u| upgrade(host, plan, worker, "/ws/chat", u))
+        .collect();
+    for r in &mut open {
+        assert_eq!(r.next, Next::Continue);
+        assert_eq!(
+            r.target().as_deref(),
+            Some("monolith"),
+            "0 % before the ramp"
+        );
+        switch(host, plan, worker, r);
+    }
+    // 5 s of frames: the ramp step to 50 % passes meanwhile.
+    for r in &mut open {
+        let calls = frames(host, plan, worker, r, 3);
+        assert!(calls.is_empty(), "frames made host calls: {calls:?}");
+    }
+    host.advance(5000);
+    // The same users reconnecting now: some go to the service.
+    let mut again: Vec<Req> = users
+        .iter()
+        .map(|u| upgrade(host, plan, worker, "/ws/chat", u))
+        .collect();
+    let moved = again
+        .iter()
+        .filter(|r| r.target().as_deref() == Some("chat_service"))
+        .count();
+    assert!((1..20).contains(&moved), "{moved} of 20 at 50 %");
+    for r in &mut again {
+        switch(host, plan, worker, r);
+    }
+    // The guard trips (service responses 5xx, the monolith's 2xx).
+    for i in 0..200 {
+        let mut r = env.get("/ws/chat", &format!("g{i}"));
+        let service = r.target().as_deref() == Some("chat_service");
+        env.status(&mut r, if service { 500 } else { 200 });
+    }
+    env.tick();
+    assert_eq!(env.metric("route.ws.guard.tripped"), 1);
+    // Open connections on either side: frames still cost nothing, nothing
+    // is rewritten, no local reply; they stay until they close.
+    for r in open.iter_mut().chain(again.iter_mut()) {
+        let before = r.stream.writes.borrow().clone();
+        let calls = frames(host, plan, worker, r, 3);
+        assert!(calls.is_empty(), "frames made host calls: {calls:?}");
+        assert_eq!(*r.stream.writes.borrow(), before);
+        assert!(r.stream.reply.borrow().is_none());
+        env.end(r);
+    }
+    // A user the split sends to the service reconnects after the trip: to
+    // the monolith.
+    let on_service = users
+        .iter()
+        .zip(&again)
+        .find(|(_, r)| r.target().as_deref() == Some("chat_service"))
+        .map(|(u, _)| u.as_str())
+        .unwrap_or_default();
+    let r = upgrade(host, plan, worker, "/ws/chat", on_service);
+    assert_eq!(r.target().as_deref(), Some("monolith"));
+    assert_eq!(r.stream.reason.get(), Some(Reason::Guard));
+    // A configuration update: new streams get the new plan, an open one
+    // keeps its own and its side.
+    let mut kept = upgrade(host, plan, worker, "/ws/chat", "u1");
+    let (plan2, worker2) = env.another(
+        2,
+        "p",
+        &config(
+            r#"{"name": "ws", "prefix": "/ws/", "service": "chat_service", "percent": 100}"#,
+            "",
+        ),
+    );
+    let r2 = upgrade(host, &plan2, &worker2, "/ws/chat", "u1");
+    assert_eq!(r2.target().as_deref(), Some("chat_service"));
+    switch(host, plan, worker, &mut kept);
+    assert!(frames(host, plan, worker, &mut kept, 3).is_empty());
+    assert_eq!(kept.target().as_deref(), Some("monolith"));
+}
+
+/// A `101` counts in `rq_1xx` and is no failure; the latency sample is the
+/// time to the `101`, never the connection's lifetime.
+#[test]
+fn a_101_counts_as_1xx_with_the_time_to_the_101() {
+    let env = Env::new(&config(
+        r#"{"name": "ws", "prefix": "/ws/", "service": "chat_service", "percent": 100}"#,
+        "",
+    ));
+    let mut r = upgrade(&env.host, &env.plan, &env.worker, "/ws/chat", "u");
+    env.host.advance(7);
+    switch(&env.host, &env.plan, &env.worker, &mut r);
+    frames(&env.host, &env.plan, &env.worker, &mut r, 100);
+    env.end(&mut r);
+    env.tick();
+    assert_eq!(env.metric("route.ws.target.service.rq_total"), 1);
+    assert_eq!(env.metric("route.ws.target.service.rq_1xx"), 1);
+    assert_eq!(env.metric("route.ws.target.service.rq_2xx"), 0);
+    assert_eq!(
+        env.metric("route.ws.target.service.upstream_failure.origin.app"),
+        0
+    );
+    assert_eq!(
+        env.metric("route.ws.target.service.upstream_failure.origin.proxy"),
+        0
+    );
+    assert_eq!(
+        env.host
+            .samples("traffic_shift.route.ws.target.service.upstream_rq_time"),
+        vec![7],
+        "10 s of frames later"
+    );
+}
+
+/// The breaker: a completed upgrade is a success (it ends a run of
+/// failures); a refused one (503 from the service) or one Envoy fails
+/// before the `101` (a reset: 503 with `response.flags` set) is a failure;
+/// once open, new connections fall back to the monolith.
+#[test]
+fn the_breaker_counts_a_101_as_success_and_a_refused_upgrade_as_failure() {
+    let env = Env::new(&config(
+        r#"{"name": "ws", "prefix": "/ws/", "service": "chat_service", "percent": 100,
+            "outlier": {"consecutive_failures": 2, "base_ejection_ms": 5000,
+                        "on_open": "fallback"}}"#,
+        "",
+    ));
+    let (host, plan, worker) = (&env.host, &env.plan, &env.worker);
+    let refused = |flags: u64| {
+        let mut r = upgrade(host, plan, worker, "/ws/chat", "u");
+        assert_eq!(r.target().as_deref(), Some("chat_service"));
+        r.stream.flags.set(flags);
+        env.status(&mut r, 503);
+    };
+    // failure, success, failure: never two in a row.
+    refused(0);
+    let mut ok = upgrade(host, plan, worker, "/ws/chat", "u");
+    switch(host, plan, worker, &mut ok);
+    refused(0);
+    env.tick();
+    assert_eq!(env.metric("route.ws.breaker.opened"), 0);
+    // Reset before the 101 (Envoy's 503, upstream connection termination).
+    refused(0x40);
+    env.tick();
+    assert_eq!(env.metric("route.ws.breaker.opened"), 1);
+    assert_eq!(
+        env.metric("route.ws.target.service.upstream_failure.origin.app"),
+        2
+    );
+    assert_eq!(
+        env.metric("route.ws.target.service.upstream_failure.origin.proxy"),
+        1
+    );
+    let r = upgrade(host, plan, worker, "/ws/chat", "u");
+    assert_eq!(r.target().as_deref(), Some("monolith"));
+    assert_eq!(r.stream.reason.get(), Some(Reason::BreakerFallback));
+    // The connection opened before the breaker did is left alone.
+    let calls = frames(host, plan, worker, &mut ok, 3);
+    assert!(calls.is_empty(), "{calls:?}");
+}
+
+/// Shadow compare never shadows an upgrade: no call, no frame copied, no
+/// result counted, the connection unaffected.
+#[test]
+fn an_upgrade_is_never_shadowed() {
+    let env = shadow_env();
+    let mut r = upgrade(&env.host, &env.plan, &env.worker, "/orders/ws", "u");
+    assert_eq!(r.target().as_deref(), Some("monolith"));
+    assert!(r.exchange.shadow.is_none());
+    switch(&env.host, &env.plan, &env.worker, &mut r);
+    let calls = frames(&env.host, &env.plan, &env.worker, &mut r, 5);
+    assert!(calls.is_empty(), "{calls:?}");
+    env.end(&mut r);
+    assert!(env.host.calls.borrow().is_empty(), "no shadow call");
+    // A plain GET of the same route is still shadowed.
+    env.get("/orders/1", "u");
+    assert_eq!(env.host.calls.borrow().len(), 1);
+    env.tick();
+    for v in crate::shadow::Verdict::ALL {
+        let name = format!("route.orders.shadow.result.{}", v.as_str());
+        assert_eq!(env.metric(&name), 0, "{name}");
+    }
+}
