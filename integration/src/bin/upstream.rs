@@ -17,6 +17,11 @@
 //! requests that carried `x-shift-shadow` (the last 1,000), as JSON. `--bare` (for load tests) answers
 //! with just the header and the name, to keep the upstream's CPU out of the
 //! way of what is measured.
+//!
+//! WebSocket: a request with `upgrade: websocket` is answered `101` (after
+//! the delay, when the configured status is 2xx; otherwise with that status,
+//! a refused upgrade) and then echoes: each text message `M` comes back as
+//! `NAME: M`, binary messages as they are.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -174,7 +179,66 @@ fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response
     Some(resp)
 }
 
-async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+/// Answers a WebSocket upgrade `101` and echoes on the upgraded connection.
+fn websocket(opts: &Arc<Opts>, req: &mut Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()));
+    let Some(accept) = key else {
+        return answer(opts, StatusCode::BAD_REQUEST, Bytes::new(), false, None);
+    };
+    let upgrade = hyper::upgrade::on(req);
+    let name = opts.name.clone();
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(m)) = ws.next().await {
+            let reply = match m {
+                Message::Text(t) => Message::text(format!("{name}: {}", t.as_str())),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                // Pings are answered by the library on the next write.
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    let mut resp = answer(
+        opts,
+        StatusCode::SWITCHING_PROTOCOLS,
+        Bytes::new(),
+        false,
+        None,
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        "connection",
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        "upgrade",
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = accept.parse() {
+        h.insert("sec-websocket-accept", v);
+    }
+    resp
+}
+
+async fn handle(opts: Arc<Opts>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if let Some(resp) = control(&opts, &req) {
         return resp;
     }
@@ -188,6 +252,13 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
     let n = opts.served.fetch_add(1, Ordering::SeqCst) + 1;
     if every > 0 && n.is_multiple_of(every) {
         status = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let is_websocket = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if is_websocket && status.is_success() {
+        return websocket(&opts, &mut req);
     }
     if req.headers().contains_key("x-shift-shadow") {
         let headers: serde_json::Map<String, serde_json::Value> = req
@@ -307,6 +378,7 @@ async fn serve(opts: Arc<Opts>) {
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
     }
