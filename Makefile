@@ -75,6 +75,13 @@ bench: build envoy wrk plot-deps
 	$(VENV)/bin/python integration/bench/plot.py target/bench/results.json target/bench/latency.png
 	$(CARGO) bench -p traffic-shift --bench decision --profile tools -- --warm-up-time 1 --measurement-time 3
 
+## bench-ws: the filter on a WebSocket route against native Envoy with
+## upgrades on (integration/src/bin/ws-bench.rs; WS_BENCH_* settings)
+.PHONY: bench-ws
+bench-ws: build envoy
+	$(CARGO) build --quiet --profile tools -p integration --bins
+	target/tools/ws-bench
+
 wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get install -y wrk || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }; }
 
