@@ -183,13 +183,12 @@ fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response
 fn websocket(opts: &Arc<Opts>, req: &mut Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
-    let key = req
+    // RFC 8441 clients (WebSocket over HTTP/2) send no key and Envoy's
+    // conversion to HTTP/1.1 adds none: answered without an accept header.
+    let accept = req
         .headers()
         .get("sec-websocket-key")
         .map(|k| derive_accept_key(k.as_bytes()));
-    let Some(accept) = key else {
-        return answer(opts, StatusCode::BAD_REQUEST, Bytes::new(), false, None);
-    };
     let upgrade = hyper::upgrade::on(req);
     let name = opts.name.clone();
     tokio::spawn(async move {
@@ -232,7 +231,7 @@ fn websocket(opts: &Arc<Opts>, req: &mut Request<hyper::body::Incoming>) -> Resp
         "upgrade",
         hyper::header::HeaderValue::from_static("websocket"),
     );
-    if let Ok(v) = accept.parse() {
+    if let Some(Ok(v)) = accept.map(|a| a.parse()) {
         h.insert("sec-websocket-accept", v);
     }
     resp
