@@ -216,9 +216,12 @@ fn describe(config: &Config, l: SocketAddr) -> String {
                     HashKey::Header(h) => (format!("header {h}"), format!("{h}: $u")),
                     HashKey::Cookie(c) => (format!("cookie {c}"), format!("cookie: {c}=$u")),
                 };
+                // A WebSocket route keyed on the user: each connection of a
+                // user on the same side (the upstreams echo with their name).
+                let ws = format!("ws://{l}{path}");
                 (
                     format!("sticky by {what}"),
-                    format!("for u in 1 2 3 4 5 6; do echo \"user $u: $(curl -s{method} -D - -o /dev/null -H \"{header}\" {url} | grep -i x-served-by)\"; done"),
+                    format!("for u in 1 2 3 4 5 6; do echo \"user $u: $(curl -s{method} -D - -o /dev/null -H \"{header}\" {url} | grep -i x-served-by)\"; done\n  WebSocket: for u in 1 2 3 4 5 6; do target/tools/ws {ws} --header \"{header}\" --send \"hi from $u\"; done"),
                 )
             }
         };
