@@ -1,4 +1,5 @@
-//! The user-facing tools of this package (`demo`, `xds`, `upstream`, `bench`), run as
+//! The user-facing tools of this package (`demo`, `xds`, `upstream`, `bench`, `ws`,
+//! `ws-bench`), run as
 //! built binaries: `--help` prints the usage and exits 0; a user error
 //! (unknown or non-UTF-8 argument, missing file, port in use) is one line on
 //! stderr naming it and a non-zero exit, never a panic. None of these runs
@@ -10,11 +11,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOOLS: [(&str, &str); 4] = [
+const TOOLS: [(&str, &str); 6] = [
     ("demo", env!("CARGO_BIN_EXE_demo")),
     ("xds", env!("CARGO_BIN_EXE_xds")),
     ("upstream", env!("CARGO_BIN_EXE_upstream")),
     ("bench", env!("CARGO_BIN_EXE_bench")),
+    ("ws", env!("CARGO_BIN_EXE_ws")),
+    ("ws-bench", env!("CARGO_BIN_EXE_ws-bench")),
 ];
 
 /// Exit code (a death by signal fails here), stdout, stderr. A tool that

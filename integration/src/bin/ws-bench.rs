@@ -82,9 +82,16 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("ws-bench: the filter on a WebSocket route against native Envoy (see the source header for the variants and WS_BENCH_* settings)");
-        return;
+    if let Some(a) = std::env::args_os().nth(1) {
+        if a == "--help" || a == "-h" {
+            println!("ws-bench (no arguments): the filter on a WebSocket route against native Envoy with upgrades on; variants a (no filter), h (native use_hash_policy), s (traffic-shift), w (s with shadow); env WS_BENCH_ROUNDS (3), WS_BENCH_SECONDS (4), WS_BENCH_CONNECTIONS (16)");
+            return;
+        }
+        eprintln!(
+            "ws-bench: unknown argument {:?} (usage: ws-bench, settings in WS_BENCH_* variables)",
+            a.to_string_lossy()
+        );
+        std::process::exit(2);
     }
     let rounds = env_num("WS_BENCH_ROUNDS", 3);
     let seconds = env_num("WS_BENCH_SECONDS", 4);

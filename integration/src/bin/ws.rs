@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
 
-const USAGE: &str = "usage: ws URL [--header NAME:VALUE]... [--send TEXT]... | ws URL --bench [--connections N] [--seconds S] [--key-header NAME]";
+const USAGE: &str = "ws URL [--header NAME:VALUE]... [--send TEXT]... | ws URL --bench [--connections N] [--seconds S] [--key-header NAME]";
 
 struct Opts {
     url: String,
@@ -31,7 +31,10 @@ struct Opts {
 }
 
 fn parse_args() -> Result<Opts, String> {
-    let mut args = std::env::args().skip(1);
+    // Lossy: a non-UTF-8 argument is named in the error, never a panic.
+    let mut args = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
     let mut opts = Opts {
         url: String::new(),
         headers: Vec::new(),
@@ -183,7 +186,7 @@ fn main() {
             return;
         }
         Err(e) => {
-            eprintln!("ws: {e} ({USAGE})");
+            eprintln!("ws: {e} (usage: {USAGE})");
             std::process::exit(2);
         }
     };
