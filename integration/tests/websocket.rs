@@ -5,7 +5,8 @@
 //! configuration update during the connections moves none of them; a
 //! shadowed WebSocket route keeps every connection working and counts no
 //! result; a service refusing upgrades with 503 opens the breaker and new
-//! connections fall back to the monolith.
+//! connections fall back to the monolith; WebSockets over HTTP/2 (RFC 8441)
+//! split like HTTP/1.1 ones.
 
 use std::time::{Duration, Instant};
 
@@ -236,4 +237,95 @@ async fn a_service_refusing_upgrades_opens_the_breaker_and_connections_fall_back
         ),
         3.0
     );
+}
+
+/// One WebSocket over HTTP/2 (extended CONNECT, RFC 8441) to `addr` as
+/// `user`: sends one text message, returns the echo's sender.
+async fn h2_echo(addr: &str, user: &str, text: &str) -> String {
+    use tokio_tungstenite::tungstenite::http;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.expect("ready");
+    // Envoy announces SETTINGS_ENABLE_CONNECT_PROTOCOL in its first SETTINGS.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !send.is_extended_connect_protocol_enabled() {
+        assert!(
+            Instant::now() < deadline,
+            "no SETTINGS_ENABLE_CONNECT_PROTOCOL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send = send.ready().await.expect("ready");
+    }
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://{addr}/ws/chat"))
+        .header("x-user", user)
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (resp, mut stream) = send.send_request(req, false).expect("send CONNECT");
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200, "{user}: extended CONNECT refused");
+    // A masked text frame (client to server), then the unmasked echo.
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream
+        .send_data(bytes::Bytes::from(frame), false)
+        .expect("send frame");
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while got.len() < 2 || got.len() < 2 + usize::from(got[1] & 0x7f) {
+        let chunk = body.data().await.expect("a frame").expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got[0], 0x81, "a text frame");
+    let reply = String::from_utf8(got[2..2 + usize::from(got[1] & 0x7f)].to_vec()).unwrap();
+    let (who, said) = reply.split_once(": ").expect("NAME: text");
+    assert_eq!(said, text);
+    who.to_string()
+}
+
+/// WebSockets over HTTP/2: the printed bootstrap allows extended CONNECT;
+/// Envoy hands the filter an HTTP/1.1-style upgrade, which it splits by
+/// the hash like any other (and counts the upstream's `101`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websockets_over_http2_split_like_http1() {
+    let json = chat(50.0, "");
+    let stack = Stack::start(&json).await;
+    let addr = stack
+        .envoy
+        .url("")
+        .trim_start_matches("http://")
+        .to_string();
+    let users = users(10);
+    let mut service = 0;
+    for u in &users {
+        let who = h2_echo(&addr, u, &format!("hi from {u}")).await;
+        assert_eq!(who, expected(&json, u, 50.0), "{u}");
+        service += usize::from(who == "orders_service");
+    }
+    assert!((1..10).contains(&service), "{service} of 10 on the service");
+    let m = stack.envoy.metrics().await;
+    let class1 = |t| {
+        m.get(
+            "traffic_shift_rq_xx",
+            &[
+                ("route", "chat"),
+                ("target", t),
+                ("response_code_class", "1"),
+            ],
+        )
+    };
+    assert_eq!(class1("service"), service as f64);
+    assert_eq!(class1("monolith"), (10 - service) as f64);
 }

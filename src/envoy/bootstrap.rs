@@ -224,6 +224,9 @@ static_resources:
           # them with 403. The filter decides once, on the upgrade request.
           upgrade_configs:
           - upgrade_type: websocket
+          # WebSockets over HTTP/2 (extended CONNECT, RFC 8441): Envoy turns
+          # them into HTTP/1.1 upgrades before the filters.
+          http2_protocol_options: {{allow_connect: true}}
 ",
         spec.admin.yaml(),
         spec.listen.yaml()
