@@ -7,6 +7,8 @@
 //!   a  no filter, every connection to the monolith
 //!   h  native `weighted_clusters` with `use_hash_policy` on x-user, 10 %
 //!   s  traffic-shift, route /ws/ keyed on x-user, 10 % to auth_service
+//!   snb  (s) on the build without the body callbacks exported (`make
+//!      build` writes it): what a frame's VM callback costs
 //!   w  (s) with `shadow` at 100 % (upgrades are never shadowed)
 //!
 //! Env: WS_BENCH_ROUNDS (3), WS_BENCH_SECONDS (4), WS_BENCH_CONNECTIONS
@@ -62,7 +64,10 @@ fn variants(base: &Bootstrap) -> Vec<(&'static str, Bootstrap)> {
     let w = base
         .clone()
         .with_plugin_config(&chat(r#", "shadow": {"percent": 100}"#));
-    vec![("a", a), ("h", h), ("s", s), ("w", w)]
+    let snb = s
+        .clone()
+        .with_wasm(&integration::wasm_path().with_extension("no-body.wasm"));
+    vec![("a", a), ("h", h), ("s", s), ("snb", snb), ("w", w)]
 }
 
 /// The `ws` client next to this binary.
@@ -84,7 +89,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 async fn main() {
     if let Some(a) = std::env::args_os().nth(1) {
         if a == "--help" || a == "-h" {
-            println!("ws-bench (no arguments): the filter on a WebSocket route against native Envoy with upgrades on; variants a (no filter), h (native use_hash_policy), s (traffic-shift), w (s with shadow); env WS_BENCH_ROUNDS (3), WS_BENCH_SECONDS (4), WS_BENCH_CONNECTIONS (16)");
+            println!("ws-bench (no arguments): the filter on a WebSocket route against native Envoy with upgrades on; variants a (no filter), h (native use_hash_policy), s (traffic-shift), snb (s without body callbacks), w (s with shadow); env WS_BENCH_ROUNDS (3), WS_BENCH_SECONDS (4), WS_BENCH_CONNECTIONS (16)");
             return;
         }
         eprintln!(
