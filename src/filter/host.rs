@@ -180,4 +180,10 @@ impl Stream for Http {
             .ok()
             .flatten()
     }
+
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name)
+            .ok()
+            .flatten()
+    }
 }

@@ -11,6 +11,8 @@ pub struct Exchange {
     pub(crate) pending: Option<Pending>,
     /// Shadowed: this side of the comparison.
     pub(crate) shadow: Option<shadow::Primary>,
+    /// A gRPC response whose outcome comes with the trailers.
+    awaiting: Option<response::Awaiting>,
 }
 
 impl Exchange {
@@ -64,7 +66,23 @@ impl Exchange {
         end_of_stream: bool,
     ) {
         shadow::response_headers(host, stream, plan, worker, &mut self.shadow, end_of_stream);
-        response::on_response(host, stream, plan, worker, self.pending.take());
+        let pending = self.pending.take();
+        self.awaiting = response::on_response(host, stream, plan, worker, pending, end_of_stream);
+    }
+
+    /// Response trailers: a gRPC outcome (`grpc-status`). Nothing else is
+    /// read from them, and nothing at all for a stream that is not waiting
+    /// for one.
+    pub fn on_response_trailers(
+        &mut self,
+        host: &impl Host,
+        stream: &impl Stream,
+        plan: &Plan,
+        worker: &Worker,
+    ) {
+        if let Some(a) = self.awaiting.take() {
+            response::on_trailers(host, stream, plan, worker, a);
+        }
     }
 
     /// A response body chunk (`body_size` bytes).
@@ -82,8 +100,12 @@ impl Exchange {
     }
 
     /// The stream is gone (however it ended): a shadowed request not
-    /// finished ends as incomplete.
+    /// finished ends as incomplete; a gRPC response that never had its
+    /// trailers is settled without a status.
     pub fn end(&mut self, host: &impl Host, plan: &Plan, worker: &Worker) {
+        if let Some(a) = self.awaiting.take() {
+            response::end(host, plan, worker, a);
+        }
         shadow::end(host, plan, worker, &mut self.shadow);
     }
 }

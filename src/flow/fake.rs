@@ -181,6 +181,7 @@ pub struct FakeStream {
     pub reply: RefCell<Option<(u32, Pairs, Vec<u8>)>>,
     pub reason: Cell<Option<Reason>>,
     response: RefCell<Vec<(String, String)>>,
+    trailers: RefCell<Vec<(String, String)>>,
     pub flags: Cell<u64>,
     /// The body chunk just received.
     pub chunk: RefCell<Vec<u8>>,
@@ -201,6 +202,14 @@ impl FakeStream {
     /// The response headers the upstream sent.
     pub fn respond(&self, headers: &[(&str, &str)]) {
         *self.response.borrow_mut() = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// The response trailers the upstream sent.
+    pub fn trail(&self, trailers: &[(&str, &str)]) {
+        *self.trailers.borrow_mut() = trailers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -293,5 +302,14 @@ impl Stream for FakeStream {
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
         self.call("response_body");
         Some(self.chunk.borrow().get(..size)?.to_vec())
+    }
+
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.call("response_trailer");
+        self.trailers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone().into_bytes())
     }
 }
