@@ -257,3 +257,57 @@ async fn the_guard_does_not_trip_when_both_sides_are_healthy() {
     };
     assert!(ok("service") > 300.0 && ok("monolith") > 300.0);
 }
+
+fn shadow(m: &Metrics, result: &str) -> f64 {
+    m.get(
+        "traffic_shift_shadow",
+        &[("route", "orders"), ("result", result)],
+    )
+}
+
+const SHADOW: &str =
+    r#", "grpc": {}, "shadow": {"percent": 100, "methods": ["POST"], "compare_body": true}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_shadow_matches_equal_answers_and_not_another_grpc_status() {
+    // The monolith answers; the service is the shadow. Same message bytes.
+    let same = ["--message", "same"];
+    let stack = start(&config(0, SHADOW), &same, &same).await;
+    let mut c = RateLimitServiceClient::new(channel(&stack).await);
+    for _ in 0..10 {
+        assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
+    }
+    let m = stack.envoy.metrics().await;
+    assert_eq!(shadow(&m, "match"), 10.0);
+    assert_eq!(
+        shadow(&m, "header") + shadow(&m, "body") + shadow(&m, "skipped"),
+        0.0
+    );
+    drop(stack);
+
+    // The shadow fails with UNAVAILABLE (trailers-only): a mismatch each time.
+    let stack = start(
+        &config(0, SHADOW),
+        &same,
+        &["--message", "same", "--code", "14"],
+    )
+    .await;
+    let mut c = RateLimitServiceClient::new(channel(&stack).await);
+    for _ in 0..10 {
+        assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
+    }
+    let m = stack.envoy.metrics().await;
+    assert_eq!(shadow(&m, "header"), 10.0);
+    assert_eq!(shadow(&m, "match"), 0.0);
+    drop(stack);
+
+    // Other message bytes, same status: `body`.
+    let stack = start(&config(0, SHADOW), &same, &["--message", "other"]).await;
+    let mut c = RateLimitServiceClient::new(channel(&stack).await);
+    for _ in 0..10 {
+        assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
+    }
+    let m = stack.envoy.metrics().await;
+    assert_eq!(shadow(&m, "body"), 10.0);
+    assert_eq!(shadow(&m, "match"), 0.0);
+}

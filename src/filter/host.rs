@@ -127,6 +127,12 @@ impl Host for Wasm<'_> {
             .ok()
             .flatten()
     }
+
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseTrailers, name)
+            .ok()
+            .flatten()
+    }
 }
 
 /// The HTTP stream whose callback is running.

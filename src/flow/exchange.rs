@@ -70,9 +70,9 @@ impl Exchange {
         self.awaiting = response::on_response(host, stream, plan, worker, pending, end_of_stream);
     }
 
-    /// Response trailers: a gRPC outcome (`grpc-status`). Nothing else is
-    /// read from them, and nothing at all for a stream that is not waiting
-    /// for one.
+    /// Response trailers: the shadow's side (its response ends here), then
+    /// a gRPC outcome (`grpc-status`). Nothing is read from them for a
+    /// stream that is neither shadowed nor waiting for a gRPC status.
     pub fn on_response_trailers(
         &mut self,
         host: &impl Host,
@@ -80,6 +80,7 @@ impl Exchange {
         plan: &Plan,
         worker: &Worker,
     ) {
+        shadow::response_trailers(host, stream, plan, worker, &mut self.shadow);
         if let Some(a) = self.awaiting.take() {
             response::on_trailers(host, stream, plan, worker, a);
         }

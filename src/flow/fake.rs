@@ -32,6 +32,8 @@ pub struct Fake {
     pub calls: RefCell<Vec<(u32, Call)>>,
     /// The answer being delivered: headers, body.
     answer: RefCell<(Pairs, Vec<u8>)>,
+    /// Its trailers.
+    answer_trailers: RefCell<Pairs>,
     /// Every host call, by name.
     pub log: RefCell<Vec<&'static str>>,
 }
@@ -78,6 +80,14 @@ impl Fake {
                 .collect(),
             body.to_vec(),
         );
+    }
+
+    /// Sets the trailers of the answer delivered next.
+    pub fn answer_trailers(&self, trailers: &[(&str, &str)]) {
+        *self.answer_trailers.borrow_mut() = trailers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Forgets the host calls logged so far.
@@ -168,6 +178,15 @@ impl Host for Fake {
         self.call("call_response_body");
         let a = self.answer.borrow();
         Some(a.1.get(..size)?.to_vec())
+    }
+
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.call("call_response_trailer");
+        self.answer_trailers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone().into_bytes())
     }
 }
 

@@ -82,6 +82,8 @@ pub trait Host {
     fn call_response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// The body of the answer being delivered (`size` bytes).
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// A trailer of the answer being delivered (`grpc-status`).
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>>;
 }
 
 /// One HTTP stream as the host shows it to the flow.

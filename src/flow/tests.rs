@@ -600,6 +600,9 @@ impl super::Host for Locked {
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
         self.with(|h| h.call_response_body(size))
     }
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.with(|h| h.call_response_trailer(name))
+    }
 }
 
 /// Two worker threads share one plan (as a native host's configuration
@@ -930,4 +933,125 @@ fn grpc_costs_one_header_read_for_the_status_and_one_trailer_read() {
         ["response_header", "response_header", "response_trailer"]
     );
     assert_eq!(env.host.take_log(), ["now", "record_metric", "now"]);
+}
+
+/// A route with `grpc` and a shadow of every POST (gRPC), comparing the
+/// message bytes when `body`.
+fn grpc_shadow_env(body: bool) -> Env {
+    Env::new(&grpc_config(
+        &format!(
+            r#", "grpc": {{}}, "shadow": {{"percent": 100, "methods": ["POST"], "compare_body": {body}}}"#
+        ),
+        "",
+        0,
+    ))
+}
+
+/// A unary RPC carrying one message.
+fn unary_rpc(env: &Env, message: &[u8]) -> Req {
+    let mut r = rpc(env, "u");
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    *r.stream.chunk.borrow_mut() = body.clone();
+    r.exchange.on_request_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        true,
+    );
+    r
+}
+
+/// The primary answers: headers, one message, trailers with `code`.
+fn grpc_answer(env: &Env, r: &mut Req, message: &[u8], code: &str) {
+    r.stream
+        .respond(&[(":status", "200"), ("content-type", "application/grpc")]);
+    r.exchange
+        .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    *r.stream.chunk.borrow_mut() = body.clone();
+    r.exchange.on_response_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        false,
+    );
+    r.stream.trail(&[("grpc-status", code)]);
+    r.exchange
+        .on_response_trailers(&env.host, &r.stream, &env.plan, &env.worker);
+}
+
+/// The shadow's answer `token`: 200, one message, `grpc-status` in the
+/// trailers (`trailers_only`: in the headers, no message).
+fn grpc_shadow_answer(env: &Env, token: u32, message: &[u8], code: &str, trailers_only: bool) {
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    if trailers_only {
+        env.host
+            .answer(&[(":status", "200"), ("grpc-status", code)], b"");
+        env.host.answer_trailers(&[]);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 2, 0);
+    } else {
+        env.host.answer(&[(":status", "200")], &body);
+        env.host.answer_trailers(&[("grpc-status", code)]);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 1, body.len());
+    }
+}
+
+#[test]
+fn grpc_shadow_compares_the_status_from_trailers_or_headers() {
+    let env = grpc_shadow_env(false);
+    // Equal answers: match (the primary is done only at its trailers).
+    let mut r = unary_rpc(&env, b"q");
+    assert_eq!(env.host.calls.borrow().len(), 1, "one shadow call");
+    grpc_answer(&env, &mut r, b"a", "0");
+    grpc_shadow_answer(&env, 1, b"a", "0", false);
+    // The shadow fails trailers-only with UNAVAILABLE: a mismatch.
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"a", "0");
+    grpc_shadow_answer(&env, 2, b"", "14", true);
+    // The shadow answers first, the primary's trailers differ.
+    let mut r = unary_rpc(&env, b"q");
+    grpc_shadow_answer(&env, 3, b"a", "0", false);
+    grpc_answer(&env, &mut r, b"a", "13");
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.header"), 2);
+    assert_eq!(env.worker.shadows.in_flight(), 0);
+}
+
+#[test]
+fn grpc_shadow_compares_message_bytes_and_skips_streams() {
+    let env = grpc_shadow_env(true);
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"same", "0");
+    grpc_shadow_answer(&env, 1, b"same", "0", false);
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"mine", "0");
+    grpc_shadow_answer(&env, 2, b"your", "0", false);
+    // A client stream: two messages in the request body, not shadowed.
+    let mut r = rpc(&env, "u");
+    let body = [0, 0, 0, 0, 1, b'a', 0, 0, 0, 0, 1, b'b'];
+    *r.stream.chunk.borrow_mut() = body.to_vec();
+    r.exchange.on_request_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        true,
+    );
+    assert_eq!(env.host.calls.borrow().len(), 2, "no third call");
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
 }
