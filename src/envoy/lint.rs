@@ -359,7 +359,7 @@ fn check_stats_tags(f: &mut Findings, b: &Yaml) {
             Some(_) => {}
         }
     }
-    check_grpc_status_tag(f, &tags);
+    check_grpc_status_tag(f, tags);
 }
 
 /// The gRPC status label came after the first release: a bootstrap
