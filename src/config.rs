@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::breaker::{self, OnOpen};
+use crate::grpc;
 use crate::guard;
 use crate::hash;
 use crate::ramp::{self, Step};
@@ -60,6 +61,10 @@ pub struct Route {
     pub guard: Option<guard::Settings>,
     /// Shadow compare against the side not chosen; `None`: off.
     pub shadow: Option<shadow::Settings>,
+    /// The route carries gRPC: its failure codes, stats by `grpc-status`.
+    /// `None`: gRPC requests on it still fail by
+    /// [`grpc::DEFAULT_FAILURES`], without stats by code.
+    pub grpc: Option<grpc::Settings>,
 }
 
 /// The QA override: a request carrying `header: service|monolith` (and,
@@ -555,7 +560,7 @@ fn parse_route(
         path,
         &[
             "name", "prefix", "path", "methods", "service", "percent", "salt", "hash_key",
-            "outlier", "ramp", "guard", "shadow",
+            "outlier", "ramp", "guard", "shadow", "grpc",
         ],
         errs,
     )?;
@@ -644,7 +649,13 @@ fn parse_route(
         Some(s) => parse_shadow(s, &obj.path("shadow"), errs).map(Some),
     };
 
+    let grpc = match obj.get("grpc") {
+        None => Some(None),
+        Some(g) => parse_grpc(g, &obj.path("grpc"), errs).map(Some),
+    };
+
     Some(Route {
+        grpc: grpc?,
         shadow: shadow?,
         guard: guard?,
         ramp: ramp?,
@@ -958,6 +969,42 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
         max_latency_ratio: ratio?,
         epoch: epoch?.unwrap_or(d.epoch),
     })
+}
+
+fn parse_grpc(v: &Json, path: &str, errs: &mut Errors) -> Option<grpc::Settings> {
+    let obj = Obj::new(v, path, &["failure_codes"], errs)?;
+    let Some(codes) = obj.get("failure_codes") else {
+        return Some(grpc::Settings::default());
+    };
+    let path = obj.path("failure_codes");
+    let Json::Array(items) = codes else {
+        errs.push(path, format!("must be an array, got {}", codes.kind()));
+        return None;
+    };
+    let mut set = grpc::Codes::EMPTY;
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Json::String(name) if grpc::code(name).is_some_and(|c| c > 0) => {
+                set = set.with(grpc::code(name).unwrap_or(0));
+            }
+            _ => {
+                ok = false;
+                let got = match item {
+                    Json::String(name) => format!("\"{name}\""),
+                    other => other.kind().to_string(),
+                };
+                errs.push(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "must be a gRPC status name other than OK ({}), got {got}",
+                        grpc::NAMES.get(1..).unwrap_or_default().join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    ok.then_some(grpc::Settings { failures: set })
 }
 
 fn parse_shadow(v: &Json, path: &str, errs: &mut Errors) -> Option<shadow::Settings> {

@@ -11,6 +11,7 @@
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`guard`]: rolls a route back when its service does worse than the
 //!   monolith (two-proportion test, p95 ratio; injected clock).
+//! - [`grpc`]: which requests are gRPC, status codes, failure codes.
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
 //! - [`headers`]: the request headers as one serialized map, read in place.
 //! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
@@ -43,6 +44,7 @@ pub mod decision;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod envoy;
 pub mod flow;
+pub mod grpc;
 pub mod guard;
 pub mod hash;
 pub mod headers;

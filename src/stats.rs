@@ -48,6 +48,14 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The gRPC status label (`traffic_shift_grpc_rq{route,target,grpc_status}`),
+/// added after the first release: a bootstrap without it still works
+/// (`check --envoy` warns), its gRPC counts just keep the code in the name.
+pub const GRPC_STATUS_TAG: (&str, &str) = (
+    "grpc_status",
+    r"^wasmcustom\.traffic_shift\..+\.grpc_rq(\.code\.([A-Z_]+|other))$",
+);
+
 /// What a metric is, for the host's `define_metric`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -150,6 +158,45 @@ impl<Id> TargetStats<Id> {
             upstream_rq_time: define(Kind::Histogram, &format!("{t}.upstream_rq_time")),
             overrides: define(Kind::Counter, &format!("{t}.override")),
         }
+    }
+}
+
+/// The stats of a route that has `grpc` configured: responses to gRPC
+/// requests by `grpc-status`, per target (index =
+/// [`crate::grpc::label_index`]: the 17 codes, then `other`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcStats<Id> {
+    pub monolith: [Id; 18],
+    pub service: [Id; 18],
+}
+
+impl<Id> GrpcStats<Id> {
+    pub fn define(route: &str, define: &mut impl FnMut(Kind, &str) -> Id) -> Self {
+        let mut side = |target: &str| {
+            let base = format!("{PREFIX}.route.{route}.target.{target}.grpc_rq.code");
+            let mut i = 0;
+            [(); 18].map(|_| {
+                let name = crate::grpc::NAMES
+                    .get(i)
+                    .copied()
+                    .unwrap_or(crate::grpc::OTHER);
+                i += 1;
+                define(Kind::Counter, &format!("{base}.{name}"))
+            })
+        };
+        GrpcStats {
+            monolith: side("monolith"),
+            service: side("service"),
+        }
+    }
+
+    /// The counter of `status` (a parsed `grpc-status`) towards `target`.
+    pub fn code(&self, target: Target, status: Option<u8>) -> Option<&Id> {
+        let side = match target {
+            Target::Monolith => &self.monolith,
+            Target::Service => &self.service,
+        };
+        side.get(crate::grpc::label_index(status))
     }
 }
 

@@ -858,3 +858,64 @@ fn check_envoy_accepts_cluster_header_and_earlier_routes_to_the_service() {
 COPY: warning: listener ingress: virtual host app: routes[0] (prefix /api/) sends requests of route orders (prefix /api/orders/) to cluster_specifier_plugin picker, cannot check whether they reach orders_service
 ");
 }
+
+#[test]
+fn envoy_h2_makes_a_cluster_speak_http2_and_names_unknown_clusters() {
+    let all = [
+        "envoy",
+        "envoy/plugin.json",
+        "--cluster",
+        "monolith=127.0.0.1:1",
+        "--cluster",
+        "auth_service=127.0.0.1:2",
+        "--cluster",
+        "orders_service=127.0.0.1:3",
+    ];
+    let args: Vec<&str> = all
+        .iter()
+        .chain(&["--h2", "orders_service"])
+        .copied()
+        .collect();
+    let (code, out, _) = cli_in_repo(&args);
+    assert_eq!(code, 0);
+    let orders = out
+        .split("  - name: orders_service\n")
+        .nth(1)
+        .expect("the orders_service cluster");
+    let orders = orders.split("  - name: ").next().unwrap();
+    assert!(
+        orders.contains("explicit_http_config:\n          http2_protocol_options: {}"),
+        "{orders}"
+    );
+    let monolith = out.split("  - name: monolith\n").nth(1).unwrap();
+    let monolith = monolith.split("  - name: ").next().unwrap();
+    assert!(!monolith.contains("http2_protocol_options"), "{monolith}");
+    let args: Vec<&str> = all.iter().chain(&["--h2", "billing"]).copied().collect();
+    let (code, _, err) = cli_in_repo(&args);
+    assert_one_line_error(
+        code,
+        &err,
+        "traffic-shift: --h2 billing: no --cluster billing=HOST:PORT",
+    );
+    let args: Vec<&str> = all
+        .iter()
+        .chain(&["--h2", "monolith", "--h2", "monolith"])
+        .copied()
+        .collect();
+    let (code, _, err) = cli_in_repo(&args);
+    assert_one_line_error(code, &err, "traffic-shift: --h2 monolith given twice");
+}
+
+#[test]
+fn check_envoy_warns_when_the_grpc_status_tag_is_missing() {
+    // A bootstrap generated before the tag existed.
+    let (code, out, err) = lint_copy(|t| {
+        let start = t.find("  - tag_name: grpc_status\n").unwrap();
+        let end = start + t[start..].find("\n    regex: ").unwrap();
+        let end = end + 1 + t[end + 1..].find('\n').unwrap() + 1;
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    assert_eq!(code, 0, "a warning only");
+    assert_eq!(err, "COPY: warning: stats_config.stats_tags has no tag grpc_status (regex '^wasmcustom\\.traffic_shift\\..+\\.grpc_rq(\\.code\\.([A-Z_]+|other))$'): the counts by gRPC status of routes with grpc keep the code in the stat name (regenerate the bootstrap with traffic-shift envoy)\n");
+    assert!(out.contains("0 error(s), 1 warning(s)"), "{out}");
+}

@@ -94,7 +94,7 @@ fn first_slice_error_list_exact_messages() {
         ),
         (
             route(&format!(r#"{OK_ROUTE}, "prcent": 20"#)),
-            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp, guard, shadow"],
+            vec!["routes[0].prcent: unknown field; expected one of: name, prefix, path, methods, service, percent, salt, hash_key, outlier, ramp, guard, shadow, grpc"],
         ),
         (
             r#"{"monolith": "m", "hash_key": {"header": "x-id", "hdr": "x"}}"#.into(),
@@ -1042,4 +1042,58 @@ fn shadow_errors_exact_messages() {
     for (json, want) in cases {
         assert_eq!(errors(&json), want, "{json}");
     }
+}
+
+#[test]
+fn grpc_failure_codes_default_and_errors_exact_messages() {
+    use traffic_shift::grpc::{Codes, Settings, DEFAULT_FAILURES};
+    let c = Config::from_json(route(OK_ROUTE).as_bytes()).unwrap();
+    assert_eq!(
+        c.routes[0].grpc, None,
+        "no grpc object: default codes, no stats by code"
+    );
+    let c = Config::from_json(route(&format!(r#"{OK_ROUTE}, "grpc": {{}}"#)).as_bytes()).unwrap();
+    assert_eq!(
+        c.routes[0].grpc,
+        Some(Settings {
+            failures: DEFAULT_FAILURES
+        })
+    );
+    let c = Config::from_json(
+        route(&format!(
+            r#"{OK_ROUTE}, "grpc": {{"failure_codes": ["UNAVAILABLE", "NOT_FOUND"]}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].grpc.unwrap().failures,
+        Codes::EMPTY.with(14).with(5)
+    );
+    let c = Config::from_json(
+        route(&format!(r#"{OK_ROUTE}, "grpc": {{"failure_codes": []}}"#)).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].grpc.unwrap().failures,
+        Codes::EMPTY,
+        "stats only"
+    );
+    assert_eq!(
+        errors(&route(&format!(
+            r#"{OK_ROUTE}, "grpc": {{"failure_codes": ["unavailable", 14, "OK"], "codes": 1}}"#
+        ))),
+        [
+            "routes[0].grpc.codes: unknown field; expected one of: failure_codes",
+            "routes[0].grpc.failure_codes[0]: must be a gRPC status name other than OK (CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED), got \"unavailable\"",
+            "routes[0].grpc.failure_codes[1]: must be a gRPC status name other than OK (CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED), got number",
+            "routes[0].grpc.failure_codes[2]: must be a gRPC status name other than OK (CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED), got \"OK\"",
+        ]
+    );
+    assert_eq!(
+        errors(&route(&format!(
+            r#"{OK_ROUTE}, "grpc": {{"failure_codes": "UNAVAILABLE"}}"#
+        ))),
+        ["routes[0].grpc.failure_codes: must be an array, got string"]
+    );
 }

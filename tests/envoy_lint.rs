@@ -30,7 +30,8 @@ fn addr(s: &str) -> Address {
 }
 
 /// Every bootstrap the generator prints for `json`: inline, ECDS file and
-/// ADS, each with and without OTLP.
+/// ADS, each with and without OTLP; with OTLP, every cluster speaks HTTP/2
+/// (`--h2`).
 fn bootstraps(json: &str) -> Vec<(String, String)> {
     let config = Config::from_json(json.as_bytes()).unwrap();
     let clusters: Vec<(String, Address)> = named_clusters(&config)
@@ -55,6 +56,10 @@ fn bootstraps(json: &str) -> Vec<(String, String)> {
                 node: "n".into(),
                 source: source.clone(),
                 otlp: otlp.clone(),
+                h2: match otlp {
+                    Some(_) => clusters.iter().map(|(n, _)| n.clone()).collect(),
+                    None => Vec::new(),
+                },
                 command: vec!["envoy".into()],
             };
             out.push((

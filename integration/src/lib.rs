@@ -50,16 +50,21 @@ pub fn upstream_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("UPSTREAM_BIN") {
         return PathBuf::from(p);
     }
+    sibling_bin("upstream")
+}
+
+/// A binary of this package, next to the running executable.
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     for _ in 0..2 {
-        let candidate = dir.join("upstream");
+        let candidate = dir.join(name);
         if candidate.exists() {
             return candidate;
         }
         dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
     }
-    PathBuf::from("upstream")
+    PathBuf::from(name)
 }
 
 /// The `traffic-shift` CLI (`check`), built by `make integration` into the
@@ -126,13 +131,25 @@ impl Upstream {
 
     /// Starts an upstream on `listen` with extra flags.
     pub fn start_with(name: &str, listen: &str, extra: &[&str]) -> Upstream {
-        let mut child = die_with_parent(&mut Command::new(upstream_bin()))
+        Self::spawn(&upstream_bin(), name, listen, extra)
+    }
+
+    /// Starts the gRPC upstream (`grpc-upstream`, tonic) with extra flags
+    /// (`--code N`, `--fail-percent P`, `--message TEXT`) on a free
+    /// loopback port; its cluster must speak HTTP/2
+    /// ([`Bootstrap::with_http2`]).
+    pub fn grpc(name: &str, extra: &[&str]) -> Upstream {
+        Self::spawn(&sibling_bin("grpc-upstream"), name, "127.0.0.1:0", extra)
+    }
+
+    fn spawn(bin: &Path, name: &str, listen: &str, extra: &[&str]) -> Upstream {
+        let mut child = die_with_parent(&mut Command::new(bin))
             .args(["--name", name, "--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", upstream_bin()));
+            .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}"));
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
             let _ = BufReader::new(out).read_line(&mut line);
@@ -242,6 +259,27 @@ impl Bootstrap {
             ["address"]["socket_address"];
         sa["address"] = Yaml::from(addr.ip().to_string());
         sa["port_value"] = Yaml::from(addr.port());
+        self
+    }
+
+    /// Makes static cluster `name` speak HTTP/2 to its upstream (as
+    /// `traffic-shift envoy --h2 NAME` writes it).
+    pub fn with_http2(mut self, name: &str) -> Bootstrap {
+        let Some(clusters) = self.0["static_resources"]["clusters"].as_sequence_mut() else {
+            panic!("bootstrap has no static clusters");
+        };
+        let cluster = clusters
+            .iter_mut()
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("bootstrap has no cluster {name}"));
+        cluster["typed_extension_protocol_options"] = serde_yaml::from_str(
+            r#"
+envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+  "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+  explicit_http_config: {http2_protocol_options: {}}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         self
     }
 

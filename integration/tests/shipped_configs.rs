@@ -207,6 +207,7 @@ fn stats_tags_are_the_ones_the_filter_names_its_stats_for() {
         .collect();
     let want: Vec<(String, String)> = traffic_shift::stats::STATS_TAGS
         .iter()
+        .chain([&traffic_shift::stats::GRPC_STATUS_TAG])
         .map(|(n, r)| (n.to_string(), r.to_string()))
         .collect();
     assert_eq!(tags, want);
@@ -300,6 +301,7 @@ fn the_built_filter_exports_only_the_callbacks_it_uses() {
             "proxy_on_request_headers",
             "proxy_on_response_body",
             "proxy_on_response_headers",
+            "proxy_on_response_trailers",
             "proxy_on_tick",
             "proxy_on_vm_start",
         ],

@@ -283,11 +283,13 @@ async fn every_metric_the_dashboard_queries_is_served_by_envoy() {
         .any(|(n, _)| n == "traffic_shift_upstream_rq_time_bucket"));
 
     // The shipped demo config (with a guard on the orders route, for the
-    // guard panel, and shadow on the auth route, for the shadow panel),
-    // with traffic on a route and off all routes.
+    // guard panel, shadow on the auth route, for the shadow panel, and
+    // grpc on the orders route, for the gRPC panel), with traffic on a
+    // route and off all routes.
     let mut config: serde_json::Value =
         serde_json::from_str(&integration::Bootstrap::shipped().plugin_config()).unwrap();
     config["routes"][1]["guard"] = serde_json::json!({});
+    config["routes"][1]["grpc"] = serde_json::json!({});
     config["routes"][0]["shadow"] = serde_json::json!({"percent": 100});
     let stack = Stack::start(&config.to_string()).await;
     let c = client();

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use super::yaml::{indent, literal_block, scalar};
 use super::{named_clusters, service_clusters};
 use crate::config::Config;
-use crate::stats::STATS_TAGS;
+use crate::stats::{GRPC_STATUS_TAG, STATS_TAGS};
 
 /// `HOST:PORT`, as given (`[::1]:80` is host `::1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,8 @@ pub struct Spec<'a> {
     pub config_json: &'a str,
     /// An address for each of [`named_clusters`], in that order.
     pub clusters: Vec<(String, Address)>,
+    /// Clusters that speak HTTP/2 to their upstream (gRPC services).
+    pub h2: Vec<String>,
     pub listen: Address,
     pub admin: Address,
     pub wasm: String,
@@ -296,6 +298,10 @@ static_resources:
     }
     for (name, _) in named_clusters(c) {
         if let Some((_, a)) = spec.clusters.iter().find(|(n, _)| n == name) {
+            if spec.h2.iter().any(|h| h == name) {
+                out.push_str(&grpc_cluster(&scalar(name), a, None));
+                continue;
+            }
             let _ = write!(
                 out,
                 "  - name: {n}
@@ -326,7 +332,8 @@ fn cluster_type(a: &Address) -> &'static str {
     }
 }
 
-/// A cluster speaking HTTP/2 (gRPC).
+/// A cluster speaking HTTP/2 (gRPC): the xDS and OTLP clusters, and
+/// `--h2` clusters.
 fn grpc_cluster(name: &str, a: &Address, extra: Option<&str>) -> String {
     let extra = extra.map_or(String::new(), |e| format!("    {e}\n"));
     format!(
@@ -348,7 +355,7 @@ fn grpc_cluster(name: &str, a: &Address, extra: Option<&str>) -> String {
     )
 }
 
-/// `stats_config` with [`STATS_TAGS`].
+/// `stats_config` with [`STATS_TAGS`] and [`GRPC_STATUS_TAG`].
 fn stats_config() -> String {
     let mut out = String::from(
         "stats_config:
@@ -357,7 +364,7 @@ fn stats_config() -> String {
   stats_tags:
 ",
     );
-    for (name, regex) in STATS_TAGS {
+    for (name, regex) in STATS_TAGS.iter().chain([&GRPC_STATUS_TAG]) {
         // Single-quoted: backslashes stay as they are ('' is a quote).
         let _ = write!(
             out,

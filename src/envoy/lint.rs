@@ -26,7 +26,7 @@ use serde_yaml::Value as Yaml;
 use super::{named_clusters, service_clusters};
 use crate::config::{Config, Route};
 use crate::routes::PathMatch;
-use crate::stats::STATS_TAGS;
+use crate::stats::{GRPC_STATUS_TAG, STATS_TAGS};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -588,6 +588,23 @@ fn check_stats_tags(f: &mut Findings, b: &Yaml) {
             )),
             Some(_) => {}
         }
+    }
+    check_grpc_status_tag(f, tags);
+}
+
+/// The gRPC status label came after the first release: a bootstrap
+/// without it still works (gRPC counts keep the code in the stat name).
+fn check_grpc_status_tag(f: &mut Findings, tags: &[Yaml]) {
+    let (name, regex) = GRPC_STATUS_TAG;
+    match tags.iter().find(|t| t["tag_name"].as_str() == Some(name)) {
+        None => f.warning(format!(
+            "stats_config.stats_tags has no tag {name} (regex '{regex}'): the counts by gRPC status of routes with grpc keep the code in the stat name (regenerate the bootstrap with traffic-shift envoy)"
+        )),
+        Some(t) if t["regex"].as_str() != Some(regex) => f.warning(format!(
+            "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
+            t["regex"].as_str().unwrap_or("")
+        )),
+        Some(_) => {}
     }
 }
 

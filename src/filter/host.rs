@@ -127,6 +127,12 @@ impl Host for Wasm<'_> {
             .ok()
             .flatten()
     }
+
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseTrailers, name)
+            .ok()
+            .flatten()
+    }
 }
 
 /// The HTTP stream whose callback is running.
@@ -177,6 +183,12 @@ impl Stream for Http {
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
         hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name)
             .ok()
             .flatten()
     }

@@ -216,6 +216,15 @@ impl HttpContext for Shift {
         Action::Continue
     }
 
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(s) = &self.shared {
+            let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);
+            self.exchange
+                .on_response_trailers(host, &Http, plan, worker);
+        }
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(s) = &self.shared {
             let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);

@@ -11,6 +11,8 @@ pub struct Exchange {
     pub(crate) pending: Option<Pending>,
     /// Shadowed: this side of the comparison.
     pub(crate) shadow: Option<shadow::Primary>,
+    /// A gRPC response whose outcome comes with the trailers.
+    awaiting: Option<response::Awaiting>,
 }
 
 impl Exchange {
@@ -64,7 +66,24 @@ impl Exchange {
         end_of_stream: bool,
     ) {
         shadow::response_headers(host, stream, plan, worker, &mut self.shadow, end_of_stream);
-        response::on_response(host, stream, plan, worker, self.pending.take());
+        let pending = self.pending.take();
+        self.awaiting = response::on_response(host, stream, plan, worker, pending, end_of_stream);
+    }
+
+    /// Response trailers: the shadow's side (its response ends here), then
+    /// a gRPC outcome (`grpc-status`). Nothing is read from them for a
+    /// stream that is neither shadowed nor waiting for a gRPC status.
+    pub fn on_response_trailers(
+        &mut self,
+        host: &impl Host,
+        stream: &impl Stream,
+        plan: &Plan,
+        worker: &Worker,
+    ) {
+        shadow::response_trailers(host, stream, plan, worker, &mut self.shadow);
+        if let Some(a) = self.awaiting.take() {
+            response::on_trailers(host, stream, plan, worker, a);
+        }
     }
 
     /// A response body chunk (`body_size` bytes).
@@ -82,8 +101,12 @@ impl Exchange {
     }
 
     /// The stream is gone (however it ended): a shadowed request not
-    /// finished ends as incomplete.
+    /// finished ends as incomplete; a gRPC response that never had its
+    /// trailers is settled without a status.
     pub fn end(&mut self, host: &impl Host, plan: &Plan, worker: &Worker) {
+        if let Some(a) = self.awaiting.take() {
+            response::end(host, plan, worker, a);
+        }
         shadow::end(host, plan, worker, &mut self.shadow);
     }
 }

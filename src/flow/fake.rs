@@ -32,6 +32,8 @@ pub struct Fake {
     pub calls: RefCell<Vec<(u32, Call)>>,
     /// The answer being delivered: headers, body.
     answer: RefCell<(Pairs, Vec<u8>)>,
+    /// Its trailers.
+    answer_trailers: RefCell<Pairs>,
     /// Every host call, by name.
     pub log: RefCell<Vec<&'static str>>,
 }
@@ -78,6 +80,14 @@ impl Fake {
                 .collect(),
             body.to_vec(),
         );
+    }
+
+    /// Sets the trailers of the answer delivered next.
+    pub fn answer_trailers(&self, trailers: &[(&str, &str)]) {
+        *self.answer_trailers.borrow_mut() = trailers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Forgets the host calls logged so far.
@@ -169,6 +179,15 @@ impl Host for Fake {
         let a = self.answer.borrow();
         Some(a.1.get(..size)?.to_vec())
     }
+
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.call("call_response_trailer");
+        self.answer_trailers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone().into_bytes())
+    }
 }
 
 /// One HTTP stream.
@@ -181,6 +200,7 @@ pub struct FakeStream {
     pub reply: RefCell<Option<(u32, Pairs, Vec<u8>)>>,
     pub reason: Cell<Option<Reason>>,
     response: RefCell<Vec<(String, String)>>,
+    trailers: RefCell<Vec<(String, String)>>,
     pub flags: Cell<u64>,
     /// The body chunk just received.
     pub chunk: RefCell<Vec<u8>>,
@@ -201,6 +221,14 @@ impl FakeStream {
     /// The response headers the upstream sent.
     pub fn respond(&self, headers: &[(&str, &str)]) {
         *self.response.borrow_mut() = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// The response trailers the upstream sent.
+    pub fn trail(&self, trailers: &[(&str, &str)]) {
+        *self.trailers.borrow_mut() = trailers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -293,5 +321,14 @@ impl Stream for FakeStream {
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
         self.call("response_body");
         Some(self.chunk.borrow().get(..size)?.to_vec())
+    }
+
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.call("response_trailer");
+        self.trailers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone().into_bytes())
     }
 }

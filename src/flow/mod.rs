@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::decision::Reason;
-use crate::stats::{Kind, LocalCounters, RouteStats, ShadowStats};
+use crate::stats::{GrpcStats, Kind, LocalCounters, RouteStats, ShadowStats};
 pub use counters::Metric;
 pub use exchange::Exchange;
 
@@ -82,6 +82,8 @@ pub trait Host {
     fn call_response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// The body of the answer being delivered (`size` bytes).
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// A trailer of the answer being delivered (`grpc-status`).
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>>;
 }
 
 /// One HTTP stream as the host shows it to the flow.
@@ -106,6 +108,9 @@ pub trait Stream {
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     /// The response body chunk just received (`size` bytes).
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// One response trailer's first value (called only from the response
+    /// trailers callback, for gRPC requests).
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>>;
 }
 
 /// What the host does with the stream after a flow step.
@@ -126,6 +131,8 @@ pub struct Plan {
     pub breakers: Vec<Option<breaker::Slot>>,
     /// Index = route index; `None` for routes without `guard`.
     pub guards: Vec<Option<guard::Slot>>,
+    /// Index = route index; `None` for routes without `grpc`.
+    pub grpc: Vec<Option<GrpcStats<Metric>>>,
     /// Index = route index; `None` for routes without `shadow`.
     pub shadows: Vec<Option<ShadowStats<Metric>>>,
     pub unmatched: Metric,
@@ -179,6 +186,9 @@ pub struct Pending {
     pub start_ms: u64,
     /// Sent to the service under a breaker: how it was admitted.
     pub admitted: Option<breaker::Admitted>,
+    /// A gRPC request (`content-type`, see [`crate::grpc::is_grpc`]): its
+    /// outcome is its `grpc-status`.
+    pub grpc: bool,
 }
 
 /// The share in force for route `index` at `now`: 0 while its guard is

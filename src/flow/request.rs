@@ -12,7 +12,8 @@
 //!    monolith (reason `guard`); ask the breaker when the service
 //!    is chosen, write the target header (Envoy, ABI 0.2.1, then
 //!    re-evaluates the route, whose header match sends the request there),
-//!    count, remember what the response path needs.
+//!    count, remember what the response path needs (and whether the
+//!    request is gRPC: its `content-type`, from the same map).
 
 use std::borrow::Cow;
 
@@ -22,6 +23,7 @@ use crate::breaker::{Admission, OnOpen};
 use crate::config::{forced_target, HashKey, Target, DEFAULT_TARGET_HEADER};
 use crate::cookie;
 use crate::decision::Reason;
+use crate::grpc;
 use crate::headers::HeaderMap;
 
 /// Whether the headers are read in one host call (the shipped build) or one
@@ -177,11 +179,13 @@ pub fn on_request(
     if let Some(s) = stats {
         count(counters, s.target(target).rq_total);
     }
+    let grpc = header(stream, map, "content-type").is_some_and(|c| grpc::is_grpc(&c));
     *pending = Some(Pending {
         route: index,
         target,
         start_ms: now,
         admitted,
+        grpc,
     });
     Next::Continue
 }

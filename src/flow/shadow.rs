@@ -10,6 +10,16 @@
 //! request (WebSocket) is never shadowed, drawn or not. A shadowed
 //! request pays the call, the listed response headers, and with
 //! `compare_body` a copy of each response chunk.
+//!
+//! gRPC (routes with `grpc`): `grpc-status` is compared as one more
+//! header, read from the response headers of a trailers-only response or
+//! else from the trailers (the call's answer and the primary's response
+//! alike), so the primary is done at its trailers; with `compare_body` the
+//! message bytes are compared. A gRPC request is shadowed only if its
+//! request body is exactly one message (unary or server-streaming; a
+//! client or bidirectional stream ends `skipped`); a server-streaming
+//! answer would be compared as a whole when both ends finish, so keep
+//! streaming methods out of shadowed routes.
 
 use std::cell::RefCell;
 
@@ -22,6 +32,25 @@ use crate::shadow::{
     ShadowEnd, Table, Verdict, SHADOW_HEADER,
 };
 use crate::stats::{LocalCounters, ShadowStats};
+
+/// Compared last on routes with `grpc`.
+const GRPC_STATUS: &str = "grpc-status";
+
+/// Whether route `route` compares `grpc-status`.
+fn compares_grpc(plan: &Plan, route: usize) -> bool {
+    plan.config
+        .routes
+        .get(route)
+        .is_some_and(|r| r.grpc.is_some())
+}
+
+/// A gRPC request body that is exactly one length-prefixed message.
+fn one_message(body: &[u8]) -> bool {
+    match body.get(1..5).and_then(|l| <[u8; 4]>::try_from(l).ok()) {
+        Some(len) => u32::from_be_bytes(len) as usize == body.len() - 5,
+        None => false,
+    }
+}
 
 /// A call out, for [`Host::send_call`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +78,15 @@ impl Shadows {
             .routes
             .iter()
             .map(|r| {
-                r.shadow
+                let mut names = r
+                    .shadow
                     .as_ref()
                     .map(|s| s.compare_headers.clone())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                if r.grpc.is_some() {
+                    names.push(GRPC_STATUS.to_string());
+                }
+                names
             })
             .collect();
         Shadows {
@@ -104,6 +138,8 @@ enum Phase {
 pub struct Primary {
     route: usize,
     target: Target,
+    /// A gRPC request on a route with `grpc`: `grpc-status` is compared.
+    grpc: bool,
     phase: Phase,
 }
 
@@ -281,6 +317,7 @@ pub fn start(
     let mut p = Primary {
         route,
         target,
+        grpc: p.grpc && compares_grpc(plan, route),
         phase: Phase::Collecting(call, request),
     };
     if end_of_stream {
@@ -346,11 +383,18 @@ pub fn response_headers(
         .response_header(":status")
         .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
         .unwrap_or(0);
-    let headers = s
+    let mut headers: Vec<_> = s
         .compare_headers
         .iter()
         .map(|h| stream.response_header(h))
         .collect();
+    // gRPC: the status of a trailers-only response, else the trailers'.
+    let mut trailers = false;
+    if compares_grpc(plan, p.route) {
+        let status = stream.response_header(GRPC_STATUS);
+        trailers = p.grpc && status.is_none() && !end_of_stream;
+        headers.push(status);
+    }
     *answer = Some(Answer {
         status,
         headers,
@@ -360,9 +404,35 @@ pub fn response_headers(
     if s.compare_body {
         *digest = Some(Digest::default());
     }
-    if end_of_stream || !s.compare_body {
+    if end_of_stream || (!s.compare_body && !trailers) {
         p.primary_done(host, plan, worker);
     }
+}
+
+/// The primary's response trailers: the end of its response (a gRPC
+/// request's `grpc-status` is read from them).
+pub fn response_trailers(
+    host: &impl Host,
+    stream: &impl Stream,
+    plan: &Plan,
+    worker: &Worker,
+    primary: &mut Option<Primary>,
+) {
+    let Some(p) = primary else {
+        return;
+    };
+    let Phase::Answering {
+        answer: Some(a), ..
+    } = &mut p.phase
+    else {
+        return;
+    };
+    if p.grpc {
+        if let Some(last) = a.headers.last_mut() {
+            *last = stream.response_trailer(GRPC_STATUS);
+        }
+    }
+    p.primary_done(host, plan, worker);
 }
 
 /// A response body chunk of a shadowed request: into the digest (the chunk
@@ -408,6 +478,10 @@ impl Primary {
         else {
             return;
         };
+        if self.grpc && !call.body.as_deref().is_some_and(one_message) {
+            count(plan, worker, self.route, Verdict::Skipped);
+            return;
+        }
         match host.send_call(call) {
             Some(token) => {
                 worker.shadows.table.borrow_mut().start(
@@ -517,13 +591,20 @@ pub fn on_answer(
                 };
                 Digest::of(&bytes)
             });
+            let mut headers: Vec<_> = s
+                .compare_headers
+                .iter()
+                .map(|h| host.call_response_header(h))
+                .collect();
+            if compares_grpc(plan, route) {
+                headers.push(
+                    host.call_response_header(GRPC_STATUS)
+                        .or_else(|| host.call_response_trailer(GRPC_STATUS)),
+                );
+            }
             ShadowEnd::Answered(Answer {
                 status,
-                headers: s
-                    .compare_headers
-                    .iter()
-                    .map(|h| host.call_response_header(h))
-                    .collect(),
+                headers,
                 body,
                 body_len: body_size as u64,
             })

@@ -555,9 +555,15 @@ fn a_split_request_costs_the_same_host_calls_as_before() {
     } else {
         &["request_header"; 3]
     };
+    // The single-header build also reads `content-type` (is it gRPC?).
+    let content_type: &[&str] = if request::BULK {
+        &[]
+    } else {
+        &["request_header"]
+    };
     assert_eq!(
         r.stream.take_log(),
-        [read, &["set_request_header"]].concat()
+        [read, &["set_request_header"], content_type].concat()
     );
     assert_eq!(env.host.take_log(), ["now"]);
     env.status(&mut r, 200);
@@ -570,7 +576,9 @@ fn a_split_request_costs_the_same_host_calls_as_before() {
         r.stream.take_log(),
         [
             read,
-            &["set_request_header", "response_header", "response_flags"]
+            &["set_request_header"],
+            content_type,
+            &["response_header", "response_flags"]
         ]
         .concat()
     );
@@ -878,6 +886,9 @@ impl super::Host for Locked {
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
         self.with(|h| h.call_response_body(size))
     }
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.with(|h| h.call_response_trailer(name))
+    }
 }
 
 /// Two worker threads share one plan (as a native host's configuration
@@ -905,7 +916,7 @@ fn worker_threads_share_one_plan() {
                 request::on_request(host, &stream, &plan, &worker, &bytes, &mut pending);
                 targets.push(stream.written("x-shift-target").flatten());
                 stream.respond(&[(":status", if failing { "503" } else { "200" })]);
-                response::on_response(host, &stream, &plan, &worker, pending);
+                response::on_response(host, &stream, &plan, &worker, pending, true);
             }
             tick::tick(host, &plan, &worker, live, ID);
             targets
@@ -991,6 +1002,346 @@ fn shadow_carries_the_request_body_and_compares_response_bodies() {
     // GET is not among the methods: not shadowed.
     env.get("/orders/1", "u");
     assert_eq!(env.host.calls.borrow().len(), 2);
+}
+
+// gRPC: the outcome is the `grpc-status`.
+
+/// A unary or streaming RPC to `/orders.Orders/Get` by user `user`.
+fn rpc(env: &Env, user: &str) -> Req {
+    env.request(
+        &[
+            (":method", "POST"),
+            (":path", "/orders.Orders/Get"),
+            ("content-type", "application/grpc"),
+            ("x-user", user),
+        ],
+        false,
+    )
+}
+
+/// The upstream answers 200 and then trailers with `grpc-status: code`.
+fn grpc_trailers(env: &Env, r: &mut Req, code: &str) {
+    r.stream
+        .respond(&[(":status", "200"), ("content-type", "application/grpc")]);
+    r.exchange
+        .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+    r.stream.trail(&[("grpc-status", code)]);
+    r.exchange
+        .on_response_trailers(&env.host, &r.stream, &env.plan, &env.worker);
+}
+
+fn grpc_config(grpc: &str, outlier: &str, percent: u32) -> String {
+    config(
+        &format!(
+            r#"{{"name": "orders", "prefix": "/orders.Orders/", "service": "orders_service",
+                "percent": {percent} {grpc} {outlier}}}"#
+        ),
+        "",
+    )
+}
+
+const OUTLIER: &str = r#", "outlier": {"consecutive_failures": 3, "base_ejection_ms": 5000,
+                                       "on_open": "fallback"}"#;
+
+#[test]
+fn grpc_unavailable_in_trailers_opens_the_breaker() {
+    let env = Env::new(&grpc_config("", OUTLIER, 100));
+    for _ in 0..3 {
+        let mut r = rpc(&env, "u");
+        assert_eq!(r.target().as_deref(), Some("orders_service"));
+        grpc_trailers(&env, &mut r, "14");
+    }
+    let r = rpc(&env, "u");
+    assert_eq!(r.target().as_deref(), Some("monolith"));
+    assert_eq!(r.stream.reason.get(), Some(Reason::BreakerFallback));
+    env.tick();
+    assert_eq!(env.metric("route.orders.breaker.opened"), 1);
+    // A 200 each time, and three failures of the application.
+    assert_eq!(env.metric("route.orders.target.service.rq_2xx"), 3);
+    assert_eq!(
+        env.metric("route.orders.target.service.upstream_failure.origin.app"),
+        3
+    );
+}
+
+#[test]
+fn grpc_trailers_only_response_settles_at_the_headers() {
+    let env = Env::new(&grpc_config("", OUTLIER, 100));
+    for _ in 0..3 {
+        let mut r = rpc(&env, "u");
+        // Envoy's own answer for a refused connection: 200, UNAVAILABLE,
+        // a response flag.
+        r.stream.flags.set(0x20);
+        r.stream.respond(&[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+        ]);
+        r.exchange
+            .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, true);
+        // No trailers follow: the outcome is already in.
+        r.exchange
+            .on_response_trailers(&env.host, &r.stream, &env.plan, &env.worker);
+    }
+    assert_eq!(rpc(&env, "u").target().as_deref(), Some("monolith"));
+    env.tick();
+    assert_eq!(
+        env.metric("route.orders.target.service.upstream_failure.origin.proxy"),
+        3
+    );
+}
+
+#[test]
+fn grpc_codes_outside_the_failure_set_do_not_count() {
+    // NOT_FOUND (5) is a client's problem; CANCELLED (1) not in the default.
+    let env = Env::new(&grpc_config("", OUTLIER, 100));
+    for code in ["5", "1", "5", "1", "0", "3"] {
+        let mut r = rpc(&env, "u");
+        grpc_trailers(&env, &mut r, code);
+    }
+    assert_eq!(rpc(&env, "u").target().as_deref(), Some("orders_service"));
+    // A route's own set: NOT_FOUND counts, UNAVAILABLE no longer does.
+    let env = Env::new(&grpc_config(
+        r#", "grpc": {"failure_codes": ["NOT_FOUND"]}"#,
+        OUTLIER,
+        100,
+    ));
+    for _ in 0..3 {
+        let mut r = rpc(&env, "u");
+        grpc_trailers(&env, &mut r, "14");
+    }
+    assert_eq!(rpc(&env, "u").target().as_deref(), Some("orders_service"));
+    for _ in 0..3 {
+        let mut r = rpc(&env, "u");
+        grpc_trailers(&env, &mut r, "5");
+    }
+    assert_eq!(rpc(&env, "u").target().as_deref(), Some("monolith"));
+}
+
+#[test]
+fn grpc_web_and_plain_requests_keep_the_http_outcome() {
+    let env = Env::new(&grpc_config("", OUTLIER, 100));
+    for _ in 0..3 {
+        let mut r = env.request(
+            &[
+                (":method", "POST"),
+                (":path", "/orders.Orders/Get"),
+                ("content-type", "application/grpc-web+proto"),
+                ("x-user", "u"),
+            ],
+            false,
+        );
+        grpc_trailers(&env, &mut r, "14");
+    }
+    assert_eq!(rpc(&env, "u").target().as_deref(), Some("orders_service"));
+}
+
+#[test]
+fn grpc_latency_is_time_to_headers_and_stats_count_by_code() {
+    let env = Env::new(&grpc_config(r#", "grpc": {}"#, "", 100));
+    let mut r = rpc(&env, "u");
+    env.host.advance(7);
+    r.stream
+        .respond(&[(":status", "200"), ("content-type", "application/grpc")]);
+    r.exchange
+        .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+    // A long stream: its outcome comes later, its latency does not.
+    env.host.advance(5000);
+    r.stream.trail(&[("grpc-status", "13")]);
+    r.exchange
+        .on_response_trailers(&env.host, &r.stream, &env.plan, &env.worker);
+    assert_eq!(
+        env.host
+            .samples("traffic_shift.route.orders.target.service.upstream_rq_time"),
+        [7]
+    );
+    for code in ["0", "0", "14", "99"] {
+        let mut r = rpc(&env, "u");
+        grpc_trailers(&env, &mut r, code);
+    }
+    // A stream gone before its trailers: `other`, settled when it ends.
+    let mut r = rpc(&env, "u");
+    r.stream
+        .respond(&[(":status", "200"), ("content-type", "application/grpc")]);
+    r.exchange
+        .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+    env.end(&mut r);
+    env.tick();
+    let code = |c: &str| env.metric(&format!("route.orders.target.service.grpc_rq.code.{c}"));
+    assert_eq!(
+        (
+            code("OK"),
+            code("INTERNAL"),
+            code("UNAVAILABLE"),
+            code("other")
+        ),
+        (2, 1, 1, 2)
+    );
+    assert_eq!(code("NOT_FOUND"), 0);
+    assert_eq!(
+        env.metric("route.orders.target.monolith.grpc_rq.code.OK"),
+        0
+    );
+    assert_eq!(
+        env.metric("route.orders.target.service.upstream_failure.origin.app"),
+        2
+    );
+}
+
+#[test]
+fn grpc_guard_trips_on_the_service_error_rate() {
+    let guard = r#", "guard": {"window_s": 30, "min_requests": 20}"#;
+    let env = Env::new(&grpc_config("", guard, 50));
+    for i in 0..400 {
+        let mut r = rpc(&env, &format!("u{i}"));
+        let service = r.target().as_deref() == Some("orders_service");
+        grpc_trailers(&env, &mut r, if service { "14" } else { "0" });
+    }
+    env.tick();
+    assert_eq!(env.metric("route.orders.guard.tripped"), 1);
+    // Both sides failing alike (all UNAVAILABLE): no trip.
+    let env = Env::new(&grpc_config("", guard, 50));
+    for i in 0..400 {
+        let mut r = rpc(&env, &format!("u{i}"));
+        grpc_trailers(&env, &mut r, "14");
+    }
+    env.tick();
+    assert_eq!(env.metric("route.orders.guard.tripped"), 0);
+}
+
+#[test]
+fn grpc_costs_one_header_read_for_the_status_and_one_trailer_read() {
+    let env = Env::new(&grpc_config("", "", 100));
+    let mut r = rpc(&env, "u");
+    r.stream.take_log();
+    env.host.take_log();
+    grpc_trailers(&env, &mut r, "0");
+    assert_eq!(
+        r.stream.take_log(),
+        ["response_header", "response_header", "response_trailer"]
+    );
+    assert_eq!(env.host.take_log(), ["now", "record_metric", "now"]);
+}
+
+/// A route with `grpc` and a shadow of every POST (gRPC), comparing the
+/// message bytes when `body`.
+fn grpc_shadow_env(body: bool) -> Env {
+    Env::new(&grpc_config(
+        &format!(
+            r#", "grpc": {{}}, "shadow": {{"percent": 100, "methods": ["POST"], "compare_body": {body}}}"#
+        ),
+        "",
+        0,
+    ))
+}
+
+/// A unary RPC carrying one message.
+fn unary_rpc(env: &Env, message: &[u8]) -> Req {
+    let mut r = rpc(env, "u");
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    *r.stream.chunk.borrow_mut() = body.clone();
+    r.exchange.on_request_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        true,
+    );
+    r
+}
+
+/// The primary answers: headers, one message, trailers with `code`.
+fn grpc_answer(env: &Env, r: &mut Req, message: &[u8], code: &str) {
+    r.stream
+        .respond(&[(":status", "200"), ("content-type", "application/grpc")]);
+    r.exchange
+        .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    *r.stream.chunk.borrow_mut() = body.clone();
+    r.exchange.on_response_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        false,
+    );
+    r.stream.trail(&[("grpc-status", code)]);
+    r.exchange
+        .on_response_trailers(&env.host, &r.stream, &env.plan, &env.worker);
+}
+
+/// The shadow's answer `token`: 200, one message, `grpc-status` in the
+/// trailers (`trailers_only`: in the headers, no message).
+fn grpc_shadow_answer(env: &Env, token: u32, message: &[u8], code: &str, trailers_only: bool) {
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    if trailers_only {
+        env.host
+            .answer(&[(":status", "200"), ("grpc-status", code)], b"");
+        env.host.answer_trailers(&[]);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 2, 0);
+    } else {
+        env.host.answer(&[(":status", "200")], &body);
+        env.host.answer_trailers(&[("grpc-status", code)]);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 1, body.len());
+    }
+}
+
+#[test]
+fn grpc_shadow_compares_the_status_from_trailers_or_headers() {
+    let env = grpc_shadow_env(false);
+    // Equal answers: match (the primary is done only at its trailers).
+    let mut r = unary_rpc(&env, b"q");
+    assert_eq!(env.host.calls.borrow().len(), 1, "one shadow call");
+    grpc_answer(&env, &mut r, b"a", "0");
+    grpc_shadow_answer(&env, 1, b"a", "0", false);
+    // The shadow fails trailers-only with UNAVAILABLE: a mismatch.
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"a", "0");
+    grpc_shadow_answer(&env, 2, b"", "14", true);
+    // The shadow answers first, the primary's trailers differ.
+    let mut r = unary_rpc(&env, b"q");
+    grpc_shadow_answer(&env, 3, b"a", "0", false);
+    grpc_answer(&env, &mut r, b"a", "13");
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.header"), 2);
+    assert_eq!(env.worker.shadows.in_flight(), 0);
+}
+
+#[test]
+fn grpc_shadow_compares_message_bytes_and_skips_streams() {
+    let env = grpc_shadow_env(true);
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"same", "0");
+    grpc_shadow_answer(&env, 1, b"same", "0", false);
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"mine", "0");
+    grpc_shadow_answer(&env, 2, b"your", "0", false);
+    // A client stream: two messages in the request body, not shadowed.
+    let mut r = rpc(&env, "u");
+    let body = [0, 0, 0, 0, 1, b'a', 0, 0, 0, 0, 1, b'b'];
+    *r.stream.chunk.borrow_mut() = body.to_vec();
+    r.exchange.on_request_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        true,
+    );
+    assert_eq!(env.host.calls.borrow().len(), 2, "no third call");
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
 }
 
 // ---- WebSocket upgrades (issue 23) ----

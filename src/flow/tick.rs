@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::counters::{self, Metric};
 use super::{basis_points, breaker, guard, shadow, Host, Plan, Worker};
 use crate::config::Config;
-use crate::stats::{self, BreakerStats, GuardStats, Kind, LocalCounters, RouteStats};
+use crate::stats::{self, BreakerStats, GrpcStats, GuardStats, Kind, LocalCounters, RouteStats};
 
 /// How often each worker flushes its counters and runs the breakers' and
 /// ramps' time-driven work. Counters reach Envoy's stats at most this late.
@@ -62,8 +62,19 @@ pub fn configure(host: &impl Host, config: Config, filter: u64) -> (Plan, Worker
         let gauge = counters::define(host, &mut c, Kind::Gauge, &stats::breaker_keys_name());
         counters::record(host, gauge, n as u64);
     }
+    let grpc = config
+        .routes
+        .iter()
+        .map(|r| {
+            r.grpc.as_ref()?;
+            Some(GrpcStats::define(&r.name, &mut |k, n: &str| {
+                counters::define(host, &mut c, k, n)
+            }))
+        })
+        .collect();
     let shadows = shadow::define(host, &config, &mut c);
     let plan = Plan {
+        grpc,
         shadows,
         unmatched: counters::define(host, &mut c, Kind::Counter, &stats::unmatched_name()),
         stats,

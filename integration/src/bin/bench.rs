@@ -22,6 +22,12 @@
 //!       exporting them for shadow compare costs every request)
 //!   w0, w5  (s) plus shadow compare (status, content-type, body) at 0 %
 //!       and 5 % of the route's requests
+//!   ga  gRPC (unary, over HTTP/2 to tonic upstreams): direct, no filter
+//!   gsp gRPC: traffic-shift split + stats (outcome from grpc-status, read
+//!       from the trailers); gs the same with the route's `grpc` block
+//!       (stats by gRPC status); gRPC variants are driven by `grpc-load`
+//!       (tonic, one HTTP/2 connection, the same number of RPCs in flight
+//!       as wrk's connections), not wrk: compare them with each other only
 //! then drives each in turn with wrk (same load, interleaved rounds, so
 //! machine drift hits all alike) and reports medians, the per-round ratio
 //! to (b) and the targets of issue 11 as medians of per-round ratios.
@@ -38,6 +44,7 @@
 //! naming `make bench`, before anything starts.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -131,6 +138,8 @@ struct Variant {
     bootstrap: Bootstrap,
     /// Extra request headers wrk sends.
     headers: &'static [&'static str],
+    /// Driven by `grpc-load` (unary RPCs) instead of wrk.
+    grpc: bool,
 }
 
 fn variant(key: &'static str, name: &str, bootstrap: Bootstrap) -> Variant {
@@ -139,12 +148,39 @@ fn variant(key: &'static str, name: &str, bootstrap: Bootstrap) -> Variant {
         name: name.to_string(),
         bootstrap,
         headers: &[],
+        grpc: false,
     }
+}
+
+/// The unary RPC of the gRPC variants.
+const GRPC_PREFIX: &str = "/envoy.service.ratelimit.v3.RateLimitService/";
+
+/// The gRPC variants' plugin config: 10 % of the RPCs to orders_service;
+/// `extra` on the route.
+fn grpc_split_config(extra: &str) -> String {
+    format!(
+        r#"{{"monolith": "monolith", "routes": [{{"name": "rpc", "prefix": "{GRPC_PREFIX}", "service": "orders_service", "percent": 10{extra}}}]}}"#
+    )
+}
+
+/// `base` with monolith and orders_service at the gRPC upstreams (when
+/// started) over HTTP/2.
+fn grpc_base(base: &Bootstrap, addrs: Option<(SocketAddr, SocketAddr)>) -> Bootstrap {
+    let mut b = base
+        .clone()
+        .with_http2("monolith")
+        .with_http2("orders_service");
+    if let Some((m, o)) = addrs {
+        b = b
+            .with_cluster_address("monolith", m)
+            .with_cluster_address("orders_service", o);
+    }
+    b
 }
 
 /// The variants, built from the shipped config (the order of this list is
 /// the order of every round).
-fn variants(base: &Bootstrap) -> Vec<Variant> {
+fn variants(base: &Bootstrap, grpc: &Bootstrap) -> Vec<Variant> {
     let mut a = base.clone();
     hcm(&mut a)["http_filters"] = Yaml::Sequence(vec![yaml(ROUTER)]);
     hcm(&mut a)["route_config"]["virtual_hosts"][0]["routes"] =
@@ -253,6 +289,26 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
                 .with_plugin_config(&split_config_with(1, &shadow(5))),
         ),
     ];
+    let mut ga = grpc.clone();
+    hcm(&mut ga)["http_filters"] = Yaml::Sequence(vec![yaml(ROUTER)]);
+    hcm(&mut ga)["route_config"]["virtual_hosts"][0]["routes"] =
+        yaml("[{match: {prefix: /}, route: {cluster: monolith}}]");
+    let grpc_variant = |key, name, bootstrap| Variant {
+        grpc: true,
+        ..variant(key, name, bootstrap)
+    };
+    out.push(grpc_variant("ga", "gRPC: direct, no filter", ga));
+    out.push(grpc_variant(
+        "gsp",
+        "gRPC: traffic-shift, split + stats",
+        grpc.clone().with_plugin_config(&grpc_split_config("")),
+    ));
+    out.push(grpc_variant(
+        "gs",
+        "gRPC: traffic-shift, split + stats + stats by gRPC status",
+        grpc.clone()
+            .with_plugin_config(&grpc_split_config(r#", "grpc": {}"#)),
+    ));
     // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
     // release) with the (s) and (e) configs, to compare in the same run.
     if let Some(old) = std::env::var_os("BENCH_BASELINE_WASM") {
@@ -276,6 +332,13 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
             "baseline build, split + stats + guard",
             base.clone()
                 .with_plugin_config(&split_config_with(1, GUARD))
+                .with_wasm(&old),
+        ));
+        out.push(grpc_variant(
+            "gsp-base",
+            "gRPC: baseline build, split + stats",
+            grpc.clone()
+                .with_plugin_config(&grpc_split_config(""))
                 .with_wasm(&old),
         ));
         out.push(variant(
@@ -305,6 +368,20 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("body callbacks exported vs not", "s", "snb", 0.0),
     ("+ shadow at 0 % vs split + stats", "w0", "s", 0.0),
     ("+ shadow at 5 % vs split + stats", "w5", "s", 0.0),
+    ("gRPC: split + stats vs direct", "gsp", "ga", 0.0),
+    (
+        "gRPC: + stats by gRPC status vs split + stats",
+        "gs",
+        "gsp",
+        0.0,
+    ),
+    (
+        "gRPC: split + stats vs baseline build",
+        "gsp",
+        "gsp-base",
+        0.0,
+    ),
+    ("split + stats vs baseline build", "s", "s-base", 0.0),
     ("p99: + breaker vs SDK floor", "p99:e", "d0", 1.10),
     ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
     ("1,000 routes vs 1: + breaker", "e1k", "e", 0.97),
@@ -368,6 +445,51 @@ fn wrk(
     serde_json::from_str(line).unwrap_or_else(|e| panic!("wrk result {line}: {e}"))
 }
 
+/// `grpc-load` against `url` (its result in wrk's shape).
+fn grpc_load(url: &str, seconds: u64, concurrency: u64, load_cpu: Option<&str>) -> Value {
+    let bin = integration::sibling_bin("grpc-load");
+    let mut cmd = match load_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu]).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let out = cmd
+        .args(["--url", url])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("GRPCJSON "))
+        .unwrap_or_else(|| {
+            panic!(
+                "grpc-load printed no result:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("grpc-load result {line}: {e}"))
+}
+
+/// One load run of a variant: wrk, or grpc-load for a gRPC variant.
+fn drive(
+    v: &Variant,
+    envoy: &Envoy,
+    seconds: u64,
+    connections: u64,
+    load_cpu: Option<&str>,
+) -> Value {
+    if v.grpc {
+        grpc_load(&envoy.url(""), seconds, connections, load_cpu)
+    } else {
+        wrk(&envoy.url(PATH), seconds, connections, load_cpu, v.headers)
+    }
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
@@ -390,13 +512,13 @@ matplotlib), then plots target/bench/latency.png and runs the native benchmarks.
 
 Starts the demo upstreams and one Envoy per variant (one worker each), drives
 them with wrk in interleaved rounds and writes target/bench/results.md and
-results.json. Variants: a b h c c15 d0 d s s15 s1 s1-15 snb e g s1k e1k w0 w5
+results.json. Variants: a b h c c15 d0 d s s15 s1 s1-15 snb e g s1k e1k w0 w5 ga gsp gs
 (README, \"What it costs\").
 
 Environment:
   BENCH_ROUNDS=5 BENCH_SECONDS=8 BENCH_CONNECTIONS=32  rounds, wrk seconds and connections
   BENCH_ONLY=s,snb          run only these variants
-  BENCH_BASELINE_WASM=FILE  add s-base and e-base: the (s) and (e) configs on another build
+  BENCH_BASELINE_WASM=FILE  add s-base, e-base, g-base, w0-base, gsp-base: those configs on another build
   BENCH_OUT=DIR             output directory (target/bench)
   BENCH_PIN=0               do not pin Envoy to CPU 0 and the load to CPU 1";
 
@@ -497,7 +619,8 @@ async fn main() {
     let out_dir = std::env::var_os("BENCH_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/bench"));
-    check_prerequisites(&variants(&Bootstrap::shipped().for_test()));
+    let shipped = Bootstrap::shipped().for_test();
+    check_prerequisites(&variants(&shipped, &grpc_base(&shipped, None)));
     std::fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| fail(format!("{}: {e}", out_dir.display())));
 
@@ -505,8 +628,12 @@ async fn main() {
         .iter()
         .map(|n| Upstream::start_with(n, "127.0.0.1:0", &["--threads", "1", "--bare"]))
         .collect();
+    let grpc_upstreams = [
+        Upstream::grpc("grpc-monolith", &[]),
+        Upstream::grpc("grpc-orders", &[]),
+    ];
     if pinned {
-        for u in &upstreams {
+        for u in upstreams.iter().chain(&grpc_upstreams) {
             pin(u.pid(), "1");
         }
     }
@@ -520,8 +647,12 @@ async fn main() {
         m.remove("tracing");
     }
 
+    let grpc = grpc_base(
+        &base,
+        Some((grpc_upstreams[0].addr, grpc_upstreams[1].addr)),
+    );
     let mut envoys = Vec::new();
-    for v in variants(&base) {
+    for v in variants(&base, &grpc) {
         let envoy = match Envoy::start_with(&v.bootstrap, 1).await {
             Ok(e) => e,
             Err(f) => {
@@ -545,7 +676,18 @@ async fn main() {
     // Sanity: every variant answers 200 and splits as intended.
     let client = integration::client();
     println!("variant check (200 requests each to {PATH}):");
-    for (Variant { key, name, .. }, envoy) in &envoys {
+    for (v, envoy) in &envoys {
+        let (key, name) = (v.key, &v.name);
+        if v.grpc {
+            let r = grpc_load(&envoy.url(""), 1, 4, None);
+            let errors = r["errors"].as_u64().unwrap_or(1);
+            assert_eq!(errors, 0, "variant {key}: {r}");
+            println!(
+                "  {key} {name:<40} {} RPCs in 1 s, no errors",
+                r["requests"]
+            );
+            continue;
+        }
         let mut by: BTreeMap<String, u32> = BTreeMap::new();
         for _ in 0..200 {
             let resp = client
@@ -572,13 +714,14 @@ async fn main() {
 
     // Warm-up, then interleaved rounds.
     for (v, envoy) in &envoys {
-        wrk(&envoy.url(PATH), 2, connections, load_cpu, v.headers);
+        drive(v, envoy, 2, connections, load_cpu);
     }
     let mut runs: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for round in 1..=rounds {
         let mut line = format!("round {round}/{rounds}:");
-        for (Variant { key, headers, .. }, envoy) in &envoys {
-            let mut r = wrk(&envoy.url(PATH), seconds, connections, load_cpu, headers);
+        for (v, envoy) in &envoys {
+            let key = v.key;
+            let mut r = drive(v, envoy, seconds, connections, load_cpu);
             let rps = r["requests"].as_f64().unwrap_or(0.0)
                 / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6);
             r["rps"] = json!(rps);

@@ -22,8 +22,9 @@ use wasmparser::{ExternalKind, Parser, Payload};
 
 /// Callbacks the filter does not use (see src/filter/mod.rs, which
 /// implements only VM and plugin set-up, the tick, HTTP context creation and
-/// deletion, request and response headers and bodies, and the answers of
-/// shadow calls). Everything else is kept, including the allocator the host
+/// deletion, request and response headers and bodies, response trailers
+/// (the `grpc-status` of gRPC responses; for a response without trailers
+/// Envoy does not call it), and the answers of shadow calls). Everything else is kept, including the allocator the host
 /// calls (`proxy_on_memory_allocate`). `proxy_on_queue_ready` goes too: the
 /// filter calls the SDK's function itself (src/filter/shadow.rs), the host
 /// never needs to.
@@ -31,7 +32,6 @@ const DROP: &[&str] = &[
     "proxy_on_done",
     "proxy_on_log",
     "proxy_on_request_trailers",
-    "proxy_on_response_trailers",
     "proxy_on_grpc_receive_initial_metadata",
     "proxy_on_grpc_receive",
     "proxy_on_grpc_receive_trailing_metadata",

@@ -17,7 +17,7 @@ use traffic_shift::envoy::named_clusters;
 
 use super::quoted;
 
-pub const USAGE: &str = "usage: traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [--listen HOST:PORT] [--admin HOST:PORT] [--wasm PATH] [--node ID] [--ecds-file PATH | --ads HOST:PORT] [--otlp HOST:PORT], or PLUGIN.json --routes-only, or PLUGIN.json --ecds-resource VERSION [--wasm PATH]";
+pub const USAGE: &str = "usage: traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [--listen HOST:PORT] [--admin HOST:PORT] [--wasm PATH] [--node ID] [--ecds-file PATH | --ads HOST:PORT] [--otlp HOST:PORT] [--h2 NAME]..., or PLUGIN.json --routes-only, or PLUGIN.json --ecds-resource VERSION [--wasm PATH]";
 
 pub const HELP: &str = "traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [options]
 traffic-shift envoy PLUGIN.json --routes-only
@@ -33,6 +33,9 @@ filter's stats, trace tags and an access log with the decision.
   --cluster NAME=HOST:PORT
                          the address of cluster NAME, one for every cluster the
                          configuration names (an IP: STATIC, a name: STRICT_DNS)
+  --h2 NAME              cluster NAME speaks HTTP/2 (plaintext, h2c) to its
+                         upstream, as gRPC servers need; other clusters speak
+                         HTTP/1.1 (repeat for several clusters)
   --listen HOST:PORT     the listener (default 127.0.0.1:10000)
   --admin HOST:PORT      the admin interface (default 127.0.0.1:9901)
   --wasm PATH            the filter's .wasm (default
@@ -52,8 +55,9 @@ Exit status: 0 printed, 1 invalid configuration (every error on stderr, as the
 filter logs it), 2 usage error, a missing --cluster or unreadable PLUGIN.json
 (one line on stderr).";
 
-const WITH_VALUE: [&str; 9] = [
+const WITH_VALUE: [&str; 10] = [
     "--cluster",
+    "--h2",
     "--listen",
     "--admin",
     "--wasm",
@@ -126,6 +130,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
         shell_word(&file.to_string_lossy())
     )];
     let mut clusters: Vec<(String, Address)> = Vec::new();
+    let mut h2: Vec<String> = Vec::new();
     let mut single: Vec<(&'static str, String)> = Vec::new();
     let mut routes_only = false;
     let mut rest = args.iter().skip(1);
@@ -152,6 +157,11 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
                 return Err(format!("--cluster {cluster} given twice"));
             }
             clusters.push((cluster.to_string(), addr));
+        } else if name == "--h2" {
+            if h2.iter().any(|c| c == value) {
+                return Err(format!("--h2 {value} given twice"));
+            }
+            h2.push(value.to_string());
         } else if single.iter().any(|(n, _)| *n == name) {
             return Err(format!("{name} given twice"));
         } else {
@@ -185,6 +195,9 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
         };
         if !clusters.is_empty() {
             return Err(format!("{piece} prints no clusters: drop --cluster"));
+        }
+        if !h2.is_empty() {
+            return Err(format!("{piece} prints no clusters: drop --h2"));
         }
         if let Some((n, _)) = single.iter().find(|(n, _)| !allowed.contains(n)) {
             return Err(format!("{n} does not apply to {piece}"));
@@ -266,10 +279,14 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
                     missing.join(", ")
                 ));
             }
+            if let Some(c) = h2.iter().find(|c| !clusters.iter().any(|(n, _)| n == *c)) {
+                return Err(format!("--h2 {c}: no --cluster {c}=HOST:PORT"));
+            }
             bootstrap::bootstrap(&Spec {
                 config: &config,
                 config_json: &json,
                 clusters,
+                h2,
                 listen,
                 admin,
                 wasm: get("--wasm").unwrap_or(DEFAULT_WASM).to_string(),
