@@ -119,7 +119,7 @@ impl Route {
         // to the .wasm.
         let id = hash::fnv64(
             format!(
-                "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}{}",
                 self.name,
                 self.service,
                 self.basis_points,
@@ -130,7 +130,12 @@ impl Route {
                 g.max_error_rate_increase.to_bits(),
                 g.confidence.to_bits(),
                 g.max_latency_ratio.map_or(0, f64::to_bits),
-                g.epoch
+                g.epoch,
+                // Absent from keys written before fleet_size existed.
+                match g.fleet_size {
+                    1 => String::new(),
+                    n => format!("|{n}"),
+                }
             )
             .as_bytes(),
         );
@@ -876,6 +881,10 @@ fn plain_decimal(text: &str) -> Option<f64> {
     Some(if negative { -n } else { n })
 }
 
+/// The smallest `max_latency_ratio`: one latency bucket (2^(1/4) = 1.189)
+/// rounded up.
+const MIN_LATENCY_RATIO: f64 = 1.19;
+
 fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Settings> {
     let obj = Obj::new(
         v,
@@ -886,6 +895,7 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
             "max_error_rate_increase",
             "confidence",
             "max_latency_ratio",
+            "fleet_size",
             "epoch",
         ],
         errs,
@@ -910,10 +920,11 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
     let ratio = number(
         &obj,
         "max_latency_ratio",
-        |n| n > 1.0 && n <= 100.0,
-        "above 1 and at most 100",
+        |n| (MIN_LATENCY_RATIO..=100.0).contains(&n),
+        "from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket)",
         errs,
     );
+    let fleet_size = uint(&obj, "fleet_size", 1, 100_000, errs);
     let epoch = uint(&obj, "epoch", 0, u64::from(u32::MAX), errs);
     Some(guard::Settings {
         window_s: window_s?.map_or(d.window_s, |n| n as u32),
@@ -921,6 +932,7 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
         max_error_rate_increase: increase?.unwrap_or(d.max_error_rate_increase),
         confidence: confidence?.unwrap_or(d.confidence),
         max_latency_ratio: ratio?,
+        fleet_size: fleet_size?.map_or(d.fleet_size, |n| n as u32),
         epoch: epoch?.unwrap_or(d.epoch),
     })
 }

@@ -808,6 +808,7 @@ fn guard_defaults_and_overrides() {
             max_error_rate_increase: 0.02,
             confidence: 0.95,
             max_latency_ratio: None,
+            fleet_size: 1,
             epoch: 0,
         })
     );
@@ -828,6 +829,7 @@ fn guard_defaults_and_overrides() {
             max_error_rate_increase: 0.0,
             confidence: 0.99,
             max_latency_ratio: Some(2.5),
+            fleet_size: 1,
             epoch: 3,
         })
     );
@@ -880,7 +882,7 @@ fn guard_errors_exact_messages() {
         (g("[]"), vec!["routes[0].guard: must be an object, got array"]),
         (
             g(r#"{"window": 30}"#),
-            vec!["routes[0].guard.window: unknown field; expected one of: window_s, min_requests, max_error_rate_increase, confidence, max_latency_ratio, epoch"],
+            vec!["routes[0].guard.window: unknown field; expected one of: window_s, min_requests, max_error_rate_increase, confidence, max_latency_ratio, fleet_size, epoch"],
         ),
         (
             g(r#"{"window_s": 4}"#),
@@ -912,7 +914,7 @@ fn guard_errors_exact_messages() {
         ),
         (
             g(r#"{"max_latency_ratio": 1}"#),
-            vec!["routes[0].guard.max_latency_ratio: must be a number above 1 and at most 100, got 1"],
+            vec!["routes[0].guard.max_latency_ratio: must be a number from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket), got 1"],
         ),
         (
             g(r#"{"epoch": -1}"#),

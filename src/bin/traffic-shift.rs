@@ -13,6 +13,9 @@
 //!
 //! `traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT...` prints the
 //! Envoy bootstrap the configuration needs (`envoy.rs`).
+//!
+//! `traffic-shift guard-sim PLUGIN.json --route NAME ...` simulates a route's
+//! guard on the filter's own guard code (`guard_sim.rs`).
 
 #![deny(
     clippy::unwrap_used,
@@ -36,6 +39,8 @@ use traffic_shift::routes::PathMatch;
 
 #[path = "traffic-shift/envoy.rs"]
 mod envoy;
+#[path = "traffic-shift/guard_sim.rs"]
+mod guard_sim;
 
 /// `writeln!` into the output buffer (a `String` cannot fail).
 macro_rules! say {
@@ -52,6 +57,7 @@ const USAGE: &str =
 
 const HELP: &str = "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC] [--envoy BOOTSTRAP.yaml]
 traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... (see traffic-shift envoy --help)
+traffic-shift guard-sim PLUGIN.json --route NAME ... (see traffic-shift guard-sim --help)
 
 Checks a traffic_shift plugin configuration (JSON) with the filter's own code.
   FILE           the configuration; - reads standard input
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (result, usage) = match args.split_first() {
         Some((cmd, rest)) if cmd == "envoy" => (envoy::run(rest), envoy::USAGE),
+        Some((cmd, rest)) if cmd == "guard-sim" => (guard_sim::run(rest), guard_sim::USAGE),
         _ => (run(&args), USAGE),
     };
     match result {

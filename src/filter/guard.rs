@@ -1,7 +1,9 @@
 //! The guard's host side: outcomes counted per worker in VM memory, merged
-//! into shared data on the tick, a trip published there once and read back
-//! by every worker on its next tick (so a trip reaches all workers within
-//! about two ticks). The request path only reads a flag in VM memory.
+//! into shared data on the tick (where due seconds are judged), a trip
+//! published there once and read back by every worker on its next tick (so
+//! a trip reaches all workers within about two ticks). The request path
+//! only reads a flag in VM memory; the evidence gauges are written on the
+//! tick.
 
 use std::cell::{Cell, RefCell};
 
@@ -10,7 +12,7 @@ use proxy_wasm::hostcalls;
 use super::counters::{self, Metric};
 use super::Shared;
 use crate::config::{Route, Target};
-use crate::guard::{self, Reason, Settings, Side, State, Window};
+use crate::guard::{Batches, Reason, Settings, Side, State};
 use crate::stats::{GuardStats, LocalCounters};
 
 /// Compare-and-swap attempts before a merge is left for the next tick.
@@ -21,7 +23,7 @@ pub struct Slot {
     pub key: String,
     pub stats: GuardStats<Metric>,
     /// This worker's outcomes not merged yet.
-    local: RefCell<Window>,
+    local: RefCell<Batches>,
     /// The trip as last read from shared data.
     tripped: Cell<bool>,
 }
@@ -31,7 +33,7 @@ impl Slot {
         Some(Slot {
             key: route.guard_key()?,
             stats,
-            local: RefCell::new(Window::default()),
+            local: RefCell::new(Batches::default()),
             tripped: Cell::new(false),
         })
     }
@@ -42,41 +44,37 @@ impl Slot {
     }
 
     /// Response path: counts one completed request (VM memory only).
-    pub fn observe(&self, s: &Settings, now: u64, target: Target, status: u16, latency_ms: u64) {
+    pub fn observe(&self, _s: &Settings, now: u64, target: Target, status: u16, latency_ms: u64) {
         let side = match target {
             Target::Monolith => Side::Monolith,
             Target::Service => Side::Service,
         };
         self.local
             .borrow_mut()
-            .add(s.window_s, now, side, status >= 500, latency_ms);
+            .add(now, side, status >= 500, latency_ms);
     }
 
-    /// The tick: merges this worker's counts, judges the merged window
-    /// (unless already tripped), publishes a trip, reads the trip state.
+    /// The tick: merges this worker's counts, judges the seconds that are
+    /// due (unless already tripped), publishes a trip, reads the trip state
+    /// and the evidence.
     pub fn tick(&self, route: &Route, s: &Settings, c: &LocalCounters, now: u64) {
         for _ in 0..CAS_ATTEMPTS {
             let Ok((bytes, cas)) = hostcalls::get_shared_data(&self.key) else {
                 return;
             };
             let mut state = State::decode(&bytes.unwrap_or_default()).unwrap_or_default();
+            let before = (state.tripped, state.judged_s);
             let local = self.local.borrow();
-            let dirty = !local.is_empty();
-            state.window.merge(&local);
+            let dirty = !local.is_empty() && state.tripped.is_none();
+            let trip = state.tick(s, &local, now);
             drop(local);
-            let trip = match state.tripped {
-                Some(_) => None,
-                None => guard::evaluate(s, &state.window.totals(s.window_s, now)),
-            };
-            if let Some(t) = &trip {
-                state.tripped = Some(t.reason);
-            }
-            let stored = (!dirty && trip.is_none())
+            let changed = dirty || before != (state.tripped, state.judged_s);
+            let stored = !changed
                 || hostcalls::set_shared_data(&self.key, Some(&state.encode()), cas).is_ok();
             if !stored {
                 continue;
             }
-            *self.local.borrow_mut() = Window::default();
+            *self.local.borrow_mut() = Batches::default();
             if let Some(t) = trip {
                 counters::count(
                     c,
@@ -86,7 +84,7 @@ impl Slot {
                     },
                 );
                 log::warn!(
-                    "guard of route \"{}\" (service {}) tripped on {}: {t} over the last {} s; \
+                    "guard of route \"{}\" (service {}) tripped on {}: {t} (over the last {} s); \
                      every request of the route goes to the monolith until its configuration changes",
                     route.name,
                     route.service,
@@ -96,6 +94,9 @@ impl Slot {
             }
             self.tripped.set(state.tripped.is_some());
             counters::record(self.stats.tripped, u64::from(self.tripped.get()));
+            let [errors, latency] = state.evidence_bp(s);
+            counters::record(self.stats.evidence_errors, errors);
+            counters::record(self.stats.evidence_latency, latency);
             return;
         }
     }

@@ -86,7 +86,8 @@ struct RouteGauges {
     name: String,
     effective_bp: Metric,
     breaker_state: Option<Metric>,
-    guard: Option<(Metric, String)>,
+    /// The guard's gauges (tripped, evidence by reason) and key.
+    guard: Option<([Metric; 3], String)>,
 }
 
 thread_local! {
@@ -149,11 +150,11 @@ impl Shared {
                     name: self.config.routes.get(i)?.name.clone(),
                     effective_bp: self.stats.get(i)?.effective_bp,
                     breaker_state: self.breakers.get(i)?.as_ref().map(|b| b.stats.state),
-                    guard: self
-                        .guards
-                        .get(i)?
-                        .as_ref()
-                        .map(|g| (g.stats.tripped, g.key.clone())),
+                    guard: self.guards.get(i)?.as_ref().map(|g| {
+                        let st = &g.stats;
+                        let gauges = [st.tripped, st.evidence_errors, st.evidence_latency];
+                        (gauges, g.key.clone())
+                    }),
                 })
             })
             .collect()
@@ -200,10 +201,12 @@ impl Root {
                 {
                     counters::record(state, 0);
                 }
-                if let Some((tripped, key)) = &old.guard {
+                if let Some((gauges, key)) = &old.guard {
                     let new = kept.and_then(|k| k.guard.as_ref());
                     if new.is_none() {
-                        counters::record(*tripped, 0);
+                        for g in gauges {
+                            counters::record(*g, 0);
+                        }
                     }
                     if new.is_none_or(|(_, k)| k != key) {
                         guard::release(key);
