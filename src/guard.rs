@@ -297,7 +297,7 @@ impl Window {
 
 /// Seconds after its end that a second is judged: every worker ticks once
 /// a second, so by then each has merged its counts of it.
-pub const GRACE_S: u64 = 2;
+pub const GRACE_S: u64 = 1;
 
 /// Seconds per period of the guarantee.
 pub const DAY_S: f64 = 86_400.0;
