@@ -835,7 +835,8 @@ fn parse_outlier(v: &Json, path: &str, errs: &mut Errors) -> Option<breaker::Set
 
 /// An optional number field: `Some(None)` when absent, `None` (error
 /// reported) when not a number or outside what `ok` accepts (`range` names
-/// the accepted values in the message).
+/// the accepted values in the message). Any JSON spelling of a number
+/// (`0.95`, `9.5e-1`) is judged by its value, as every numeric field is.
 fn number(
     obj: &Obj<'_>,
     key: &str,
@@ -846,39 +847,13 @@ fn number(
     let Some(v) = obj.get(key) else {
         return Some(None);
     };
-    let n = match v {
-        Json::Number(text) => plain_decimal(text),
-        _ => None,
-    };
-    match n.filter(|n| n.is_finite() && ok(*n)) {
+    match v.as_f64().filter(|n| n.is_finite() && ok(*n)) {
         Some(n) => Some(Some(n)),
         None => {
             errs.push(obj.path(key), format!("must be a number {range}, got {v}"));
             None
         }
     }
-}
-
-/// A plain decimal (`2`, `0.02`, `-1.5`; no exponent) as f64, parsed by
-/// hand: the standard float parser adds tens of KB to the .wasm.
-fn plain_decimal(text: &str) -> Option<f64> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int.is_empty() || int.len() + frac.len() > 18 {
-        return None;
-    }
-    let mut mantissa: u64 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        mantissa = mantissa * 10 + u64::from(b - b'0');
-    }
-    let n = mantissa as f64 / 10f64.powi(frac.len() as i32);
-    Some(if negative { -n } else { n })
 }
 
 /// The smallest `max_latency_ratio`: one latency bucket (2^(1/4) = 1.189)

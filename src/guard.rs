@@ -955,18 +955,19 @@ mod tests {
         assert_eq!(st.tick(&s, &local, (T0 + 1) * 1000), None);
         // The first tick starts judging at the grace.
         assert_eq!(st.judged_s, T0 + 1 - GRACE_S - 1);
-        assert_eq!(st.tick(&s, &Batches::default(), (T0 + 2) * 1000), None);
+        // Second T0 is judged GRACE_S seconds after its end, not before.
+        let judged_at = (T0 + 1 + GRACE_S) * 1000;
+        assert_eq!(st.tick(&s, &Batches::default(), judged_at - 1), None);
         assert_eq!(st.judged_s, T0 - 1);
-        // Second T0 is judged GRACE_S seconds after its end.
-        assert_eq!(st.tick(&s, &Batches::default(), (T0 + 3) * 1000), None);
+        assert_eq!(st.tick(&s, &Batches::default(), judged_at), None);
         assert_eq!(st.judged_s, T0);
         assert_eq!(st.window.totals(s.window_s, T0 * 1000)[1].errors, 1);
         // A worker's count of a judged second joins the next one.
         let mut late = Batches::default();
         late.add(T0 * 1000 + 900, Side::Monolith, false, 5);
-        st.tick(&s, &late, (T0 + 3) * 1000 + 10);
+        st.tick(&s, &late, judged_at + 10);
         assert_eq!(st.window.totals(s.window_s, T0 * 1000)[0].requests, 0);
-        st.tick(&s, &Batches::default(), (T0 + 4) * 1000);
+        st.tick(&s, &Batches::default(), judged_at + 1000);
         assert_eq!(st.window.totals(s.window_s, (T0 + 1) * 1000)[0].requests, 1);
     }
 

@@ -75,13 +75,28 @@ route orders: prefix /api/orders/, GET,POST -> service orders_service
   percent now: 10% (1000 bp); key: cookie uid; salt: "orders-v1"
   ramp steps ahead: 2026-12-04T09:00:00Z -> 50%
   outlier: consecutive failures 5, failure rate 50% of >= 20 requests in 10000 ms, failure statuses 500,502,503,504, ejection 30000..300000 ms, 1 half-open probe(s), on open: reject with 503
-  guard: window 30 s, at least 50 requests a side; errors: service 5xx rate above the monolith's + 2 points at 95% confidence; latency: service p95 above 2.5x the monolith's; epoch 2
+  guard: errors: service 5xx rate above the monolith's + 2 points; latency: service p95 above 2.5x the monolith's; false trips at most 5% per 24 h (confidence 95%); estimates over 30 s, at least 50 requests a side; epoch 2
 route login: path /login, any method -> service auth_service
   percent now: 0% (0 bp); key: header x-request-id; salt: ""
   outlier: off
   guard: off
 "#;
     assert_eq!(out, want);
+}
+
+#[test]
+fn the_guard_plan_has_no_float_noise() {
+    // 0.07 x 100 is 7.000000000000001 in f64, 0.57 x 100 56.99999999999999;
+    // exponent forms are the same numbers.
+    let json = r#"{"monolith": "m", "routes": [{"name": "a", "prefix": "/a/", "service": "s",
+        "percent": 10, "guard": {"max_error_rate_increase": 7e-2, "confidence": 0.57,
+        "max_latency_ratio": 1.3, "fleet_size": 4}}]}"#;
+    let (code, out, err) = check(json, &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("  guard: errors: service 5xx rate above the monolith's + 7 points; latency: service p95 above 1.3x the monolith's; false trips at most 43% per 24 h across a fleet of 4 proxies (confidence 57%); estimates over 30 s, at least 50 requests a side; epoch 0\n"),
+        "{out}"
+    );
 }
 
 #[test]
