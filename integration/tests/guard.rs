@@ -302,7 +302,7 @@ async fn both_sides_failing_ten_percent_for_two_minutes_never_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_failing_thirty_percent_raises_the_evidence_then_trips() {
-    let (stack, _ecds) = start(&config(r#"{"window_s": 10, "min_requests": 20}"#, 10)).await;
+    let (stack, ecds) = start(&config(r#"{"window_s": 10, "min_requests": 20}"#, 10)).await;
     // About 30 %: 3 of every 10 service requests (fail-every 3 is 33 %).
     stack.upstreams[1].set("fail-every", 3).await;
     let load = paced(&stack, 1200, 40.0);
@@ -332,6 +332,19 @@ async fn a_service_failing_thirty_percent_raises_the_evidence_then_trips() {
     let m = stack.envoy.metrics().await;
     assert_eq!(trips(&m, "errors"), 1.0);
     assert_eq!(evidence(&m, "latency"), 0.0);
+
+    // The guard removed from the route: its gauges read 0, not a stale
+    // trip or evidence.
+    let unguarded = config("{}", 10).replace(
+        r#",
+              "guard": {}"#,
+        "",
+    );
+    assert!(!unguarded.contains("guard"), "{unguarded}");
+    ecds.apply(&stack.envoy, "v2", &unguarded).await;
+    let m = stack.envoy.metrics().await;
+    assert_eq!(auth(&m, "traffic_shift_guard_tripped"), 0.0);
+    assert_eq!(evidence(&m, "errors"), 0.0);
 }
 
 /// A copy of `wasm` with a custom section appended: other bytes, the same
