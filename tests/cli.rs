@@ -649,3 +649,62 @@ fn check_envoy_usage_errors_are_one_line() {
     let (code, _, err) = lint_copy(|t| t + "  - [\n");
     assert_one_line_error(code, &err, "traffic-shift: COPY: not YAML: ");
 }
+
+/// `traffic-shift guard-sim FILE ARGS...` on a temporary plugin file.
+fn guard_sim(json: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("guard-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plugin.json");
+    std::fs::write(&file, json).unwrap();
+    let mut all: Vec<&OsStr> = vec![OsStr::new("guard-sim"), file.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    let out = cli(&all);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+const GUARDED: &str = r#"{"monolith": "m", "routes": [
+    {"name": "auth", "prefix": "/a/", "service": "s", "percent": 10, "guard": {}},
+    {"name": "open", "prefix": "/o/", "service": "o", "percent": 10}]}"#;
+
+#[test]
+fn guard_sim_runs_the_route_s_guard_and_refuses_what_it_cannot_run() {
+    // A service failing half its requests against a 1 % monolith, 100 rq/s
+    // at 10 %: every trial trips within minutes.
+    let (code, out, err) = guard_sim(
+        GUARDED,
+        &[
+            "--route",
+            "auth",
+            "--service-error",
+            "50",
+            "--hours",
+            "0.1",
+            "--trials",
+            "5",
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(out.contains("thresholds: errors 14.36 nats\n"), "{out}");
+    assert!(out.contains("5 of 5 trials tripped within 0.1 h"), "{out}");
+    // Equal sides: the evidence is reported, no trip in 0.1 h.
+    let (code, out, _) = guard_sim(
+        GUARDED,
+        &["--route", "auth", "--hours", "0.1", "--trials", "2"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("0 of 2 trials tripped"), "{out}");
+
+    let (code, _, err) = guard_sim(GUARDED, &["--route", "open"]);
+    assert_one_line_error(code, &err, "route \"open\" has no guard");
+    let (code, _, err) = guard_sim(GUARDED, &["--route", "nope"]);
+    assert_one_line_error(code, &err, "no route named \"nope\"");
+    let (code, _, err) = guard_sim(GUARDED, &["--route", "auth", "--latency", "normal:1,2"]);
+    assert_one_line_error(
+        code,
+        &err,
+        "--latency: expected lognormal:MU,SIGMA or pareto:XM,ALPHA",
+    );
+    let (code, _, err) = guard_sim(GUARDED, &[]);
+    assert_one_line_error(code, &err, "--route NAME is required");
+}
