@@ -82,7 +82,8 @@ struct RouteGauges {
     name: String,
     effective_bp: Metric,
     breaker_state: Option<Metric>,
-    guard: Option<(Metric, String)>,
+    /// The guard's gauges (tripped, evidence by reason) and store key.
+    guard: Option<([Metric; 3], String)>,
 }
 
 /// One live configuration: the gauges it sets and the breaker keys it
@@ -188,9 +189,11 @@ impl Live {
                     counters::record(host, state, 0);
                 }
             }
-            if let Some((tripped, key)) = &g.guard {
+            if let Some((gauges, key)) = &g.guard {
                 if !same().any(|o| o.guard.is_some()) {
-                    counters::record(host, *tripped, 0);
+                    for gauge in gauges {
+                        counters::record(host, *gauge, 0);
+                    }
                 }
                 if !others().any(|o| o.guard.as_ref().is_some_and(|(_, k)| k == key)) {
                     guard::release(host, key);
@@ -208,11 +211,11 @@ fn gauges(plan: &Plan) -> Vec<RouteGauges> {
                 name: plan.config.routes.get(i)?.name.clone(),
                 effective_bp: plan.stats.get(i)?.effective_bp,
                 breaker_state: plan.breakers.get(i)?.as_ref().map(|b| b.stats.state),
-                guard: plan
-                    .guards
-                    .get(i)?
-                    .as_ref()
-                    .map(|g| (g.stats.tripped, g.key.clone())),
+                guard: plan.guards.get(i)?.as_ref().map(|g| {
+                    let st = &g.stats;
+                    let gauges = [st.tripped, st.evidence_errors, st.evidence_latency];
+                    (gauges, g.key.clone())
+                }),
             })
         })
         .collect()
