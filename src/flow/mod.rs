@@ -121,6 +121,8 @@ pub enum Next {
 /// [`tick::configure`].
 pub struct Plan {
     pub config: Config,
+    /// Which filter it belongs to ([`Config::filter_identity`]).
+    pub filter: u64,
     /// Index = route index.
     pub stats: Vec<RouteStats<Metric>>,
     /// Index = route index; `None` for routes without `outlier`.

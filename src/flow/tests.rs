@@ -772,6 +772,46 @@ fn a_guard_key_held_by_a_newer_configuration_is_kept() {
     assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
 }
 
+/// A new `.wasm` with the same `vm_id`: fresh VMs (a fresh [`Live`]) on
+/// the same store, while the old VM's configuration leaves with no newer
+/// one of its filter in its VM. The trip must stay in the store for the
+/// new VMs (it did not: the old VM released the guard key on leaving).
+#[test]
+fn a_trip_outlives_the_old_module_s_configuration_leaving() {
+    let env = Env::new(&config(GUARDED, ""));
+    let mut users = 0;
+    let mut seconds = 0;
+    while env.metric("route.orders.guard.tripped") == 0 {
+        assert!(seconds < 5, "no trip after {seconds} s");
+        let plan = (&env.plan, &env.worker);
+        guard_second(&env, plan, "/orders/1", &mut users, 100, service_fails);
+        env.tick();
+        seconds += 1;
+    }
+    // The new module's worker configures, then the old one's goes.
+    let fresh = RefCell::new(Live::default());
+    let (plan, worker) = start(&env.host, &fresh, 7, "p", &config(GUARDED, ""));
+    env.live.borrow_mut().leave(&env.host, ID);
+    tick::tick(&env.host, &plan, &worker, &fresh.borrow(), 7);
+    assert_eq!(env.metric("route.orders.guard.tripped"), 1);
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 0);
+    let to = get_answered(&env.host, &plan, &worker, "/orders/1", "new-user", 200);
+    assert_eq!(to.as_deref(), Some("monolith"));
+    // Another filter's newer configuration in the old worker is no
+    // replacement either: the key stays.
+    let env = Env::new(&config(GUARDED, ""));
+    let key = env.plan.guards[0].as_ref().expect("a guard").key.clone();
+    let mut r = env.get("/orders/1", "u");
+    env.status(&mut r, 200);
+    env.tick();
+    let other = r#"{"name": "auth", "prefix": "/auth/", "service": "auth_service", "percent": 10}"#;
+    let other = format!(r#"{{"monolith": "legacy", "routes": [{other}]}}"#);
+    let _other = env.another(2, "p", &other);
+    env.live.borrow_mut().leave(&env.host, ID);
+    let stored = env.host.store_get(&key).expect("readable");
+    assert!(stored.1.is_some(), "the guard key was released");
+}
+
 /// Issue 20, item 5: two filters with one plugin name in one worker (two
 /// listeners, each with its own configuration). Both live: each ticks its
 /// own keys, neither zeroes the other's gauges, and their breakers are
