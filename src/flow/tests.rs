@@ -474,7 +474,7 @@ fn guard_does_not_trip_when_both_sides_do_alike() {
     // Both sides failing every 10th request of theirs each second, 100
     // requests a second at 50 %, for 5 minutes: far more than the
     // regression above needs to trip, and no trip.
-    let every_tenth = |_: bool, n: usize| if n % 10 == 0 { 500 } else { 200 };
+    let every_tenth = |_: bool, n: usize| if n.is_multiple_of(10) { 500 } else { 200 };
     for _ in 0..300 {
         let plan = (&env.plan, &env.worker);
         guard_second(&env, plan, "/orders/1", &mut users, 100, every_tenth);
@@ -507,7 +507,13 @@ fn the_guard_s_evidence_gauges_are_recorded_on_the_tick() {
     // gauge moves per request, nor on the tick at its end (the second's
     // grace), the next tick judges it and records the evidence, below a
     // trip (1411 bp here).
-    let fifth = |service: bool, n: usize| if service && n % 5 == 0 { 500 } else { 200 };
+    let fifth = |service: bool, n: usize| {
+        if service && n.is_multiple_of(5) {
+            500
+        } else {
+            200
+        }
+    };
     let plan = (&env.plan, &env.worker);
     guard_second(&env, plan, "/orders/1", &mut users, 100, fifth);
     assert_eq!(env.metric(errors), 0);
