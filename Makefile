@@ -15,7 +15,7 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export ENVOY_BIN          := $(abspath $(ENVOY))
 export TRAFFIC_SHIFT_WASM := $(abspath $(WASM))
 
-.PHONY: run run-ecds-file run-ecds-grpc test check envoy-configs oci fuzz fuzz-short cargo-fuzz soak bench build envoy wasm-target wrk plot-deps fmt-check clippy unit integration k8s-schema k8s-schema-deps clean
+.PHONY: run run-ecds-file run-ecds-grpc test check envoy-configs oci fuzz fuzz-short cargo-fuzz soak bench guard-sim build envoy wasm-target wrk plot-deps fmt-check clippy unit integration k8s-schema k8s-schema-deps clean
 
 ## run: build, start the demo monolith + services and Envoy on 127.0.0.1:10000
 run: build envoy
@@ -155,6 +155,12 @@ envoy-configs:
 	@for f in envoy/envoy.yaml envoy/envoy-ecds-file.yaml envoy/envoy-ecds-grpc.yaml envoy/compose-envoy.yaml envoy/xds/traffic_shift.json; do \
 	  mv $$f.new $$f; done
 	mv envoy/traffic_shift.ecds.new envoy/ecds/traffic_shift.yaml
+
+## guard-sim: the README's guard table (the filter's guard core on simulated
+## traffic; about 3 minutes on one core; TRIALS_SCALE=0.25 for a quick look)
+guard-sim:
+	$(CARGO) build --quiet --profile tools -p traffic-shift --bin traffic-shift
+	target/tools/traffic-shift guard-sim --table --trials-scale $(or $(TRIALS_SCALE),1)
 
 ## check: validate a plugin configuration (CONFIG=file.json [KEY=value] [ROUTE=name]);
 ## KEY= (set, empty) passes the empty key (--key '')

@@ -143,7 +143,7 @@ impl Route {
         // to the .wasm.
         let id = hash::fnv64(
             format!(
-                "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+                "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}{}",
                 self.name,
                 self.service,
                 self.basis_points,
@@ -154,7 +154,12 @@ impl Route {
                 g.max_error_rate_increase.to_bits(),
                 g.confidence.to_bits(),
                 g.max_latency_ratio.map_or(0, f64::to_bits),
-                g.epoch
+                g.epoch,
+                // Absent from keys written before fleet_size existed.
+                match g.fleet_size {
+                    1 => String::new(),
+                    n => format!("|{n}"),
+                }
             )
             .as_bytes(),
         );
@@ -876,7 +881,8 @@ fn parse_outlier(v: &Json, path: &str, errs: &mut Errors) -> Option<breaker::Set
 
 /// An optional number field: `Some(None)` when absent, `None` (error
 /// reported) when not a number or outside what `ok` accepts (`range` names
-/// the accepted values in the message).
+/// the accepted values in the message). Any JSON spelling of a number
+/// (`0.95`, `9.5e-1`) is judged by its value, as every numeric field is.
 fn number(
     obj: &Obj<'_>,
     key: &str,
@@ -887,11 +893,7 @@ fn number(
     let Some(v) = obj.get(key) else {
         return Some(None);
     };
-    let n = match v {
-        Json::Number(text) => plain_decimal(text),
-        _ => None,
-    };
-    match n.filter(|n| n.is_finite() && ok(*n)) {
+    match v.as_f64().filter(|n| n.is_finite() && ok(*n)) {
         Some(n) => Some(Some(n)),
         None => {
             errs.push(obj.path(key), format!("must be a number {range}, got {v}"));
@@ -900,27 +902,9 @@ fn number(
     }
 }
 
-/// A plain decimal (`2`, `0.02`, `-1.5`; no exponent) as f64, parsed by
-/// hand: the standard float parser adds tens of KB to the .wasm.
-fn plain_decimal(text: &str) -> Option<f64> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int.is_empty() || int.len() + frac.len() > 18 {
-        return None;
-    }
-    let mut mantissa: u64 = 0;
-    for b in int.bytes().chain(frac.bytes()) {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        mantissa = mantissa * 10 + u64::from(b - b'0');
-    }
-    let n = mantissa as f64 / 10f64.powi(frac.len() as i32);
-    Some(if negative { -n } else { n })
-}
+/// The smallest `max_latency_ratio`: one latency bucket (2^(1/4) = 1.189)
+/// rounded up.
+const MIN_LATENCY_RATIO: f64 = 1.19;
 
 fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Settings> {
     let obj = Obj::new(
@@ -932,6 +916,7 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
             "max_error_rate_increase",
             "confidence",
             "max_latency_ratio",
+            "fleet_size",
             "epoch",
         ],
         errs,
@@ -956,10 +941,11 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
     let ratio = number(
         &obj,
         "max_latency_ratio",
-        |n| n > 1.0 && n <= 100.0,
-        "above 1 and at most 100",
+        |n| (MIN_LATENCY_RATIO..=100.0).contains(&n),
+        "from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket)",
         errs,
     );
+    let fleet_size = uint(&obj, "fleet_size", 1, 100_000, errs);
     let epoch = uint(&obj, "epoch", 0, u64::from(u32::MAX), errs);
     Some(guard::Settings {
         window_s: window_s?.map_or(d.window_s, |n| n as u32),
@@ -967,6 +953,7 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
         max_error_rate_increase: increase?.unwrap_or(d.max_error_rate_increase),
         confidence: confidence?.unwrap_or(d.confidence),
         max_latency_ratio: ratio?,
+        fleet_size: fleet_size?.map_or(d.fleet_size, |n| n as u32),
         epoch: epoch?.unwrap_or(d.epoch),
     })
 }

@@ -1,29 +1,63 @@
 //! The guard: rolls a route back to the monolith when its service does
-//! worse than the monolith on the same route over the same window.
+//! worse than the monolith on the same route, with a bound on false
+//! rollbacks that holds however long it runs.
 //!
 //! Pure logic, time injected. The glue counts each completed request of a
-//! route in a per-worker [`Window`] (VM memory, no host call), merges it
-//! into the process-wide window on its tick and calls [`evaluate`]; a trip
-//! is written once to shared data and every worker reads it on its next
-//! tick. A tripped route sends every key to the monolith (its effective
-//! share is 0 %) until a configuration changes the route's service,
-//! percent, ramp, salt or guard (see [`identity`]).
+//! route in a per-worker [`Batches`] (VM memory, no host call) and, on its
+//! tick, hands it to [`State::tick`] on the route's state read from shared
+//! data. The state keeps one batch per second of both sides' counts; each
+//! second is judged once, [`GRACE_S`] seconds after it ended (so every
+//! worker's counts of it are in), by every worker's tick that finds it
+//! unjudged. A trip is written once to shared data and every worker reads
+//! it on its next tick. A tripped route sends every key to the monolith
+//! (its effective share is 0 %) until a configuration changes the route's
+//! service, percent, ramp, salt or guard.
 //!
-//! Two triggers, each judged only when both sides completed at least
-//! `min_requests` requests in the window:
-//! 1. Errors: a one-sided two-proportion test. With `p_s`, `p_m` the 5xx
-//!    rates of service and monolith (Agresti-Caffo adjusted: one error and
-//!    one success added to each side, which keeps the test sane at 0 %),
-//!    it trips when
-//!    `(p_s - p_m - max_error_rate_increase) / SE >= z(confidence)`,
-//!    `SE = sqrt(p_s (1 - p_s) / n_s + p_m (1 - p_m) / n_m)` (adjusted
-//!    counts), i.e. when the service's error rate exceeds the monolith's by
-//!    more than the allowed increase with the given one-sided confidence.
-//! 2. Latency (with `max_latency_ratio`): the service's p95 exceeds
-//!    `max_latency_ratio` x the monolith's p95. Latencies are counted in
-//!    fixed buckets growing by 2^(1/4) (about 19 %) from 1 ms to 55 s; a
-//!    p95 is the upper bound of the bucket holding it, so each side's p95
-//!    is known to within a factor 1.19.
+//! The guarantee: for each trigger, the chance of a trip while the null
+//! hypothesis holds is at most its share of `(1 - confidence) /
+//! fleet_size` per 24 h, whatever the traffic rate, split and base rates.
+//! It assumes requests fail (or are slow) independently of each other.
+//!
+//! Both triggers are CUSUM detectors (Page 1954) on per-second e-values:
+//! each second's counts give a number `l` whose exponential has an
+//! expectation of at most 1 under the null (a log e-value), the statistic
+//! is `S = max(0, S + l)` and the guard trips when `S >= h`. `S >= h` at
+//! second `t` means some run of seconds `k..=t` has a product of e-values
+//! of at least `e^h`; by Ville's inequality a run starting at `k` reaches
+//! that with probability at most `e^-h`, so over `T` seconds the chance of
+//! any false trip is at most `T e^-h` (a union over start seconds, valid
+//! whatever the monolith does from one second to the next). With
+//! `T = 86,400` and `h = ln(T / alpha)` a day's chance is at most `alpha`.
+//!
+//! 1. Errors. Null: the service's 5xx rate is at most the monolith's plus
+//!    `max_error_rate_increase` (`d`), in every second. A second's counts
+//!    (monolith `x_m` of `n_m` failed, service `x_s` of `n_s`) are scored
+//!    against an alternative (monolith rate `q`, service rate `r > q + d`,
+//!    both estimated from the seconds before, so chosen in advance) and
+//!    the one null pair `(pi, pi + d)` closest to it (the reverse
+//!    information projection: `pi` solves
+//!    `n_m (q - pi) / (pi (1 - pi)) + n_s (r - d - pi) / ((pi + d)(1 - pi - d)) = 0`).
+//!    Then `E[e^l] <= 1` for every monolith rate (the log of the
+//!    expectation is concave in it with its maximum 0 at `pi`), so the
+//!    monolith's rate is a nuisance handled exactly, in the same second:
+//!    a shared outage raises both sides and gives no evidence. This is the
+//!    two-sample e-value of Turner, Ly and Grünwald (2024), shifted by the
+//!    margin.
+//! 2. Latency (with `max_latency_ratio`). Null: the service's p95 is at
+//!    most `max_latency_ratio` x the monolith's p95. From the monolith's
+//!    latencies in the window an upper confidence bound `U` of its p95 is
+//!    taken (order statistics, a Chernoff bound at a level that allows for
+//!    every second of the day); under the null at most 5 % of the service's
+//!    requests are slower than `c = max_latency_ratio x U`. A second's
+//!    service requests in buckets entirely above `c` are scored as a
+//!    Bernoulli likelihood ratio of the share `b` (estimated from the
+//!    window, at least 10 %) against 5 %. This one assumes the monolith's
+//!    latency is steady over the window: a shared latency spike shorter
+//!    than the window can look like a service regression.
+//!
+//! Latencies are counted in fixed buckets growing by 2^(1/4) (about 19 %)
+//! from 1 ms to 55 s; a service request counts as slow only when its
+//! whole bucket lies above `c`, so a one-bucket difference never trips.
 
 use std::fmt;
 
@@ -32,11 +66,20 @@ use crate::wire::Reader;
 /// Guard settings of one route (validated by `config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// Seconds of history the estimates (the monolith's rate and p95, the
+    /// alternative) are taken from.
     pub window_s: u32,
+    /// Nothing is judged until each side has this many requests in the
+    /// window.
     pub min_requests: u32,
     pub max_error_rate_increase: f64,
+    /// `1 - confidence` bounds the chance of a false trip per 24 h (per
+    /// fleet, with `fleet_size`).
     pub confidence: f64,
     pub max_latency_ratio: Option<f64>,
+    /// Proxies judging the same route: the false-trip budget is divided
+    /// among them.
+    pub fleet_size: u32,
     pub epoch: u64,
 }
 
@@ -48,6 +91,7 @@ impl Default for Settings {
             max_error_rate_increase: 0.02,
             confidence: 0.95,
             max_latency_ratio: None,
+            fleet_size: 1,
             epoch: 0,
         }
     }
@@ -112,7 +156,7 @@ impl Default for Counts {
 }
 
 impl Counts {
-    fn add(&mut self, other: &Counts) {
+    pub fn add(&mut self, other: &Counts) {
         self.requests = self.requests.saturating_add(other.requests);
         self.errors = self.errors.saturating_add(other.errors);
         for (a, b) in self.latency.iter_mut().zip(&other.latency) {
@@ -179,6 +223,11 @@ impl Window {
         self.add_to(now_ms / slice_ms(window_s), side as usize, &c);
     }
 
+    /// Adds counts of one side at `now_ms`.
+    pub fn add_counts(&mut self, window_s: u32, now_ms: u64, side: Side, c: &Counts) {
+        self.add_to(now_ms / slice_ms(window_s), side as usize, c);
+    }
+
     fn add_to(&mut self, epoch: u64, side: usize, c: &Counts) {
         let Some(slice) = self.slices.get_mut((epoch % SLICES as u64) as usize) else {
             return;
@@ -233,39 +282,264 @@ impl Window {
 
     fn encode_into(&self, out: &mut Vec<u8>) {
         for sl in &self.slices {
-            out.extend_from_slice(&sl.epoch.to_le_bytes());
-            for c in &sl.sides {
-                out.extend_from_slice(&c.requests.to_le_bytes());
-                out.extend_from_slice(&c.errors.to_le_bytes());
-                for b in &c.latency {
-                    out.extend_from_slice(&b.to_le_bytes());
-                }
-            }
+            encode_slice(sl, out);
         }
     }
 
     fn decode_from(r: &mut Reader<'_>) -> Option<Window> {
         let mut w = Window::default();
         for sl in &mut w.slices {
-            sl.epoch = r.u64()?;
-            for c in &mut sl.sides {
-                c.requests = r.u32()?;
-                c.errors = r.u32()?;
-                for b in &mut c.latency {
-                    *b = r.u32()?;
-                }
-            }
+            decode_slice(sl, r)?;
         }
         Some(w)
     }
+}
+
+/// Seconds after its end that a second is judged: every worker ticks once
+/// a second, so by then each has merged its counts of it.
+pub const GRACE_S: u64 = 1;
+
+/// Seconds per period of the guarantee.
+pub const DAY_S: f64 = 86_400.0;
+
+/// Per-second batches of both sides' counts, the last [`RING`] seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Batches {
+    slices: [Slice; RING],
+}
+
+/// Seconds a [`Batches`] holds.
+pub const RING: usize = 8;
+
+impl Batches {
+    /// Counts one completed request.
+    pub fn add(&mut self, now_ms: u64, side: Side, error: bool, latency_ms: u64) {
+        let mut c = Counts {
+            requests: 1,
+            errors: u32::from(error),
+            ..Counts::default()
+        };
+        if let Some(b) = c.latency.get_mut(bucket(latency_ms)) {
+            *b = 1;
+        }
+        self.add_counts(now_ms / 1000, side, &c);
+    }
+
+    /// Adds a second's counts of one side.
+    pub fn add_counts(&mut self, second: u64, side: Side, c: &Counts) {
+        let Some(slice) = self.slices.get_mut((second % RING as u64) as usize) else {
+            return;
+        };
+        if slice.epoch < second {
+            *slice = Slice {
+                epoch: second,
+                ..Slice::default()
+            };
+        } else if slice.epoch > second {
+            return;
+        }
+        if let Some(s) = slice.sides.get_mut(side as usize) {
+            s.add(c);
+        }
+    }
+
+    /// The counts of `second`, `[monolith, service]`, removed.
+    fn take(&mut self, second: u64) -> [Counts; 2] {
+        match self.slices.get_mut((second % RING as u64) as usize) {
+            Some(sl) if sl.epoch == second => std::mem::take(&mut sl.sides),
+            _ => [Counts::default(); 2],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slices
+            .iter()
+            .all(|sl| sl.sides.iter().all(|c| c.requests == 0))
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        for sl in &self.slices {
+            encode_slice(sl, out);
+        }
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Option<Batches> {
+        let mut b = Batches::default();
+        for sl in &mut b.slices {
+            decode_slice(sl, r)?;
+        }
+        Some(b)
+    }
+}
+
+fn encode_slice(sl: &Slice, out: &mut Vec<u8>) {
+    out.extend_from_slice(&sl.epoch.to_le_bytes());
+    for c in &sl.sides {
+        out.extend_from_slice(&c.requests.to_le_bytes());
+        out.extend_from_slice(&c.errors.to_le_bytes());
+        for b in &c.latency {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+    }
+}
+
+fn decode_slice(sl: &mut Slice, r: &mut Reader<'_>) -> Option<()> {
+    sl.epoch = r.u64()?;
+    for c in &mut sl.sides {
+        c.requests = r.u32()?;
+        c.errors = r.u32()?;
+        for b in &mut c.latency {
+            *b = r.u32()?;
+        }
+    }
+    Some(())
+}
+
+/// The thresholds and levels of a route's guard, from its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Trip threshold of the error statistic (nats).
+    pub errors: f64,
+    /// Trip threshold of the latency statistic (nats).
+    pub latency: f64,
+    /// `ln(1 / beta)`, `beta` the per-second chance that the monolith's
+    /// p95 bound is wrong.
+    pub ln_inv_beta: f64,
+}
+
+impl Bounds {
+    /// The false-trip budget `(1 - confidence) / fleet_size` per day goes
+    /// to the error trigger alone, or half to each trigger; the latency
+    /// half is split again between its detector and its p95 bound.
+    pub fn of(s: &Settings) -> Bounds {
+        let alpha = (1.0 - s.confidence) / f64::from(s.fleet_size.max(1));
+        let (alpha_e, alpha_l) = match s.max_latency_ratio {
+            Some(_) => (alpha / 2.0, alpha / 4.0),
+            None => (alpha, alpha),
+        };
+        Bounds {
+            errors: (DAY_S / alpha_e).ln(),
+            latency: (DAY_S / alpha_l).ln(),
+            ln_inv_beta: (DAY_S / alpha_l).ln(),
+        }
+    }
+}
+
+/// The share of service requests above the latency bound that the null
+/// allows.
+const SLOW_SHARE: f64 = 0.05;
+
+/// Laplace-smoothed rate `(x + 1/2) / (n + 1)`.
+fn rate(x: u32, n: u32) -> f64 {
+    (f64::from(x) + 0.5) / (f64::from(n) + 1.0)
+}
+
+/// Bernoulli log likelihood ratio of `x` of `n` at `p1` against `p0`.
+fn bernoulli_llr(x: u32, n: u32, p1: f64, p0: f64) -> f64 {
+    f64::from(x) * (p1 / p0).ln() + f64::from(n - x.min(n)) * ((1.0 - p1) / (1.0 - p0)).ln()
+}
+
+/// The error trigger's log e-value of one second (module docs, rule 1):
+/// `reference` the window before it, `batch` its `[monolith, service]`.
+pub fn error_score(s: &Settings, reference: &[Counts; 2], batch: &[Counts; 2]) -> f64 {
+    let [rm, rs] = reference;
+    let [bm, bs] = batch;
+    let (nm, ns) = (f64::from(bm.requests), f64::from(bs.requests));
+    if bm.requests == 0 || bs.requests == 0 {
+        return 0.0;
+    }
+    let d = s.max_error_rate_increase;
+    // The alternative, chosen from the window before this second: the
+    // monolith's rate, and the service's if above the margin by at least
+    // a point (else that point above).
+    let q = rate(rm.errors, rm.requests).clamp(1e-4, 0.99);
+    let min_excess = (d / 2.0).max(0.01);
+    let r = rate(rs.errors, rs.requests)
+        .max(q + d + min_excess)
+        .min(0.995);
+    if r <= q + d || q + d >= 0.995 {
+        return 0.0;
+    }
+    // The projection pi: the root of a decreasing function on (q, r - d).
+    let f = |pi: f64| {
+        nm * (q - pi) / (pi * (1.0 - pi)) + ns * (r - d - pi) / ((pi + d) * (1.0 - pi - d))
+    };
+    let (mut lo, mut hi) = (q, r - d);
+    for _ in 0..50 {
+        let mid = 0.5 * (lo + hi);
+        if f(mid) > 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let pi = 0.5 * (lo + hi);
+    bernoulli_llr(bm.errors, bm.requests, q, pi) + bernoulli_llr(bs.errors, bs.requests, r, pi + d)
+}
+
+/// The latency bound `c` in ms: `max_latency_ratio` x an upper confidence
+/// bound of the monolith's p95 from its window; `None` while the window
+/// holds too few monolith requests for a bound at this level.
+pub fn latency_bound_ms(ratio: f64, ln_inv_beta: f64, monolith: &Counts) -> Option<f64> {
+    let n: u64 = monolith.latency.iter().map(|&c| u64::from(c)).sum();
+    let mu = SLOW_SHARE * n as f64;
+    // Chernoff: P(Bin(n, 0.05) <= mu - sqrt(2 mu ln(1/beta))) <= beta.
+    let allowed = mu - (2.0 * mu * ln_inv_beta).sqrt();
+    if allowed < 0.0 {
+        return None;
+    }
+    // The smallest bucket with at most `allowed` requests above it.
+    let mut above = n as f64;
+    for (i, &c) in monolith.latency.iter().enumerate() {
+        above -= f64::from(c);
+        if above <= allowed {
+            return Some(ratio * bucket_upper_ms(i));
+        }
+    }
+    None
+}
+
+/// Requests of `c` whose bucket lies entirely above `bound_ms`.
+pub fn slower_than(c: &Counts, bound_ms: f64) -> u32 {
+    c.latency
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, _)| bucket_upper_ms(i - 1) >= bound_ms)
+        .map(|(_, &n)| n)
+        .sum()
+}
+
+/// The latency trigger's log e-value of one second (module docs, rule 2).
+pub fn latency_score(
+    ratio: f64,
+    ln_inv_beta: f64,
+    reference: &[Counts; 2],
+    batch: &[Counts; 2],
+) -> f64 {
+    let [rm, rs] = reference;
+    let bs = &batch[1];
+    if bs.requests == 0 {
+        return 0.0;
+    }
+    let Some(bound) = latency_bound_ms(ratio, ln_inv_beta, rm) else {
+        return 0.0;
+    };
+    let b = rate(slower_than(rs, bound), rs.requests).clamp(0.10, 0.95);
+    bernoulli_llr(slower_than(bs, bound), bs.requests, b, SLOW_SHARE)
 }
 
 /// A trip, with what was seen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Trip {
     pub reason: Reason,
+    /// Both sides over the window up to and including the second that
+    /// tripped.
     pub monolith: Counts,
     pub service: Counts,
+    /// The statistic and the threshold it reached (nats).
+    pub statistic: f64,
+    pub bound: f64,
 }
 
 /// `n / d` as a percentage with one decimal, without float formatting
@@ -275,10 +549,16 @@ fn percent_1(n: u32, d: u32) -> String {
     format!("{}.{} %", permille / 10, permille % 10)
 }
 
+/// A non-negative `x` with two decimals, without float formatting.
+pub fn fixed_2(x: f64) -> String {
+    let v = (x.max(0.0) * 100.0 + 0.5) as u64;
+    format!("{}.{:02}", v / 100, v % 100)
+}
+
 impl fmt::Display for Trip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (s, m) = (&self.service, &self.monolith);
-        let ms = |c: &Counts| c.p95_ms().unwrap_or(0.0).round() as u64;
+        let ms = |c: &Counts| (c.p95_ms().unwrap_or(0.0) + 0.5) as u64;
         match self.reason {
             Reason::Errors => write!(
                 f,
@@ -289,7 +569,7 @@ impl fmt::Display for Trip {
                 m.errors,
                 m.requests,
                 percent_1(m.errors, m.requests)
-            ),
+            )?,
             Reason::Latency => write!(
                 f,
                 "service p95 {} ms ({} requests), monolith p95 {} ms ({} requests)",
@@ -297,240 +577,460 @@ impl fmt::Display for Trip {
                 s.requests,
                 ms(m),
                 m.requests
-            ),
+            )?,
         }
+        write!(
+            f,
+            "; evidence {} >= bound {}",
+            fixed_2(self.statistic),
+            fixed_2(self.bound)
+        )
     }
 }
 
-/// The z value of a one-sided test at `confidence` (inverse of the
-/// standard normal CDF; Acklam's rational approximation, relative error
-/// below 1.2e-9).
-pub fn z(confidence: f64) -> f64 {
-    const A: [f64; 6] = [
-        -3.969_683_028_665_376e1,
-        2.209_460_984_245_205e2,
-        -2.759_285_104_469_687e2,
-        1.383_577_518_672_69e2,
-        -3.066_479_806_614_716e1,
-        2.506_628_277_459_239,
-    ];
-    const B: [f64; 5] = [
-        -5.447_609_879_822_406e1,
-        1.615_858_368_580_409e2,
-        -1.556_989_798_598_866e2,
-        6.680_131_188_771_972e1,
-        -1.328_068_155_288_572e1,
-    ];
-    const C: [f64; 6] = [
-        -7.784_894_002_430_293e-3,
-        -3.223_964_580_411_365e-1,
-        -2.400_758_277_161_838,
-        -2.549_732_539_343_734,
-        4.374_664_141_464_968,
-        2.938_163_982_698_783,
-    ];
-    const D: [f64; 4] = [
-        7.784_695_709_041_462e-3,
-        3.224_671_290_700_398e-1,
-        2.445_134_137_142_996,
-        3.754_408_661_907_416,
-    ];
-    let p = confidence.clamp(1e-12, 1.0 - 1e-12);
-    let tail = |q: f64| {
-        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
-            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
-    };
-    if p < 0.02425 {
-        tail((-2.0 * p.ln()).sqrt())
-    } else if p > 1.0 - 0.02425 {
-        -tail((-2.0 * (1.0 - p).ln()).sqrt())
-    } else {
-        let q = p - 0.5;
-        let r = q * q;
-        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
-            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
-    }
-}
-
-/// The error test statistic (rule 1), for the log and tests.
-pub fn error_z(s: &Settings, service: &Counts, monolith: &Counts) -> f64 {
-    let adj = |c: &Counts| {
-        let n = f64::from(c.requests) + 2.0;
-        ((f64::from(c.errors) + 1.0) / n, n)
-    };
-    let (ps, ns) = adj(service);
-    let (pm, nm) = adj(monolith);
-    let se = (ps * (1.0 - ps) / ns + pm * (1.0 - pm) / nm).sqrt();
-    (ps - pm - s.max_error_rate_increase) / se
-}
-
-/// Judges a window's `[monolith, service]` counts.
-pub fn evaluate(s: &Settings, totals: &[Counts; 2]) -> Option<Trip> {
-    let [monolith, service] = totals;
-    if monolith.requests < s.min_requests.max(1) || service.requests < s.min_requests.max(1) {
-        return None;
-    }
-    let trip = |reason| {
-        Some(Trip {
-            reason,
-            monolith: *monolith,
-            service: *service,
-        })
-    };
-    if error_z(s, service, monolith) >= z(s.confidence) {
-        return trip(Reason::Errors);
-    }
-    if let Some(ratio) = s.max_latency_ratio {
-        if let (Some(ps), Some(pm)) = (service.p95_ms(), monolith.p95_ms()) {
-            if ps > ratio * pm {
-                return trip(Reason::Latency);
-            }
-        }
-    }
-    None
-}
-
-/// What the guard of one route keeps in shared data: its window merged
-/// across workers and, once tripped, why (sticky).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// What the guard of one route keeps in shared data.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
+    /// Once tripped, why (sticky).
     pub tripped: Option<Reason>,
+    /// The last second judged (0: none yet).
+    pub judged_s: u64,
+    /// The CUSUM statistics, `[errors, latency]`, in nats.
+    pub statistic: [f64; 2],
+    /// Both sides' counts of the judged seconds, over `window_s`.
     pub window: Window,
+    /// Counts of seconds not judged yet.
+    pub pending: Batches,
 }
-
-const VERSION: u8 = 1;
 
 impl State {
+    /// Merges a worker's counts and judges every second that is due; the
+    /// trip, if this call tripped the guard.
+    pub fn tick(&mut self, s: &Settings, local: &Batches, now_ms: u64) -> Option<Trip> {
+        if self.tripped.is_some() {
+            return None;
+        }
+        let due = (now_ms / 1000).saturating_sub(GRACE_S + 1);
+        // A fresh state, or one not ticked for longer than the ring: the
+        // seconds in between have no counts left.
+        if self.judged_s.saturating_add(RING as u64) < due {
+            self.judged_s = due.saturating_sub(RING as u64);
+        }
+        for sl in &local.slices {
+            for (side, c) in [Side::Monolith, Side::Service].into_iter().zip(&sl.sides) {
+                if c.requests > 0 {
+                    // Counts of a second judged already go to the next.
+                    let second = sl.epoch.max(self.judged_s + 1);
+                    self.pending.add_counts(second, side, c);
+                }
+            }
+        }
+        let bounds = Bounds::of(s);
+        while self.judged_s < due {
+            let second = self.judged_s + 1;
+            self.judged_s = second;
+            let batch = self.pending.take(second);
+            let reference = self.window.totals(s.window_s, second * 1000 - 1);
+            for (side, c) in [Side::Monolith, Side::Service].into_iter().zip(&batch) {
+                if c.requests > 0 {
+                    self.window.add_counts(s.window_s, second * 1000, side, c);
+                }
+            }
+            let [rm, rs] = &reference;
+            if rm.requests < s.min_requests.max(1) || rs.requests < s.min_requests.max(1) {
+                continue;
+            }
+            let [e, l] = &mut self.statistic;
+            *e = (*e + error_score(s, &reference, &batch)).max(0.0);
+            if let Some(ratio) = s.max_latency_ratio {
+                *l = (*l + latency_score(ratio, bounds.ln_inv_beta, &reference, &batch)).max(0.0);
+            }
+            let tripped = if *e >= bounds.errors {
+                Some((Reason::Errors, *e, bounds.errors))
+            } else if *l >= bounds.latency {
+                Some((Reason::Latency, *l, bounds.latency))
+            } else {
+                None
+            };
+            if let Some((reason, statistic, bound)) = tripped {
+                self.tripped = Some(reason);
+                let [m, sv] = self.window.totals(s.window_s, second * 1000);
+                return Some(Trip {
+                    reason,
+                    monolith: m,
+                    service: sv,
+                    statistic,
+                    bound,
+                });
+            }
+        }
+        None
+    }
+
+    /// Each trigger's statistic as a share of its threshold, in basis
+    /// points (0 to 10,000; 10,000 once tripped on it): `[errors, latency]`.
+    pub fn evidence_bp(&self, s: &Settings) -> [u64; 2] {
+        let b = Bounds::of(s);
+        let bp = |x: f64, h: f64, reason| {
+            if self.tripped == Some(reason) {
+                10_000
+            } else {
+                ((x / h).clamp(0.0, 1.0) * 10_000.0) as u64
+            }
+        };
+        let [e, l] = self.statistic;
+        [
+            bp(e, b.errors, Reason::Errors),
+            bp(l, b.latency, Reason::Latency),
+        ]
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + SLICES * (8 + 2 * (8 + 4 * BUCKETS)));
+        let slice = 8 + 2 * (8 + 4 * BUCKETS);
+        let mut out = Vec::with_capacity(2 + 24 + (SLICES + RING) * slice);
         out.push(VERSION);
         out.push(match self.tripped {
             None => 0,
             Some(Reason::Errors) => 1,
             Some(Reason::Latency) => 2,
         });
-        if !self.window.is_empty() {
-            self.window.encode_into(&mut out);
+        out.extend_from_slice(&self.judged_s.to_le_bytes());
+        for x in self.statistic {
+            out.extend_from_slice(&x.to_bits().to_le_bytes());
         }
+        self.window.encode_into(&mut out);
+        self.pending.encode_into(&mut out);
         out
     }
 
-    /// The inverse of [`State::encode`]; the empty value is a fresh state;
-    /// `None` for anything else.
+    /// The inverse of [`State::encode`], and reads the previous layout
+    /// (version 1: the trip and a window); the empty value is a fresh
+    /// state; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<State> {
         if bytes.is_empty() {
             return Some(State::default());
         }
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
-            return None;
-        }
+        let version = r.u8()?;
         let tripped = match r.u8()? {
             0 => None,
             1 => Some(Reason::Errors),
             2 => Some(Reason::Latency),
             _ => return None,
         };
-        let window = if r.is_empty() {
-            Window::default()
-        } else {
-            let w = Window::decode_from(&mut r)?;
-            if !r.is_empty() {
-                return None;
+        let state = match version {
+            1 => State {
+                tripped,
+                // A version-1 window's slices are in another unit: its
+                // counts are dropped, its trip kept.
+                window: if r.is_empty() {
+                    Window::default()
+                } else {
+                    Window::decode_from(&mut r).map(|_| Window::default())?
+                },
+                ..State::default()
+            },
+            VERSION => {
+                let judged_s = r.u64()?;
+                let statistic = [f64::from_bits(r.u64()?), f64::from_bits(r.u64()?)];
+                State {
+                    tripped,
+                    judged_s,
+                    statistic,
+                    window: Window::decode_from(&mut r)?,
+                    pending: Batches::decode_from(&mut r)?,
+                }
             }
-            w
+            _ => return None,
         };
-        Some(State { tripped, window })
+        r.is_empty().then_some(state)
     }
 }
+
+const VERSION: u8 = 2;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const T0: u64 = 1_700_000_000_000;
+    const T0: u64 = 1_700_000_000;
 
-    fn fill(w: &mut Window, s: &Settings, now: u64, side: Side, n: u32, errors: u32, ms: u64) {
-        for i in 0..n {
-            w.add(s.window_s, now, side, i < errors, ms);
+    fn counts(n: u32, errors: u32, ms: u64) -> Counts {
+        let mut c = Counts {
+            requests: n,
+            errors,
+            ..Counts::default()
+        };
+        c.latency[bucket(ms)] = n;
+        c
+    }
+
+    /// Feeds `seconds` seconds of the same per-second counts (monolith,
+    /// service) to a state, ticking as the filter does; the second of the
+    /// trip, if any.
+    fn feed(
+        s: &Settings,
+        st: &mut State,
+        from: u64,
+        seconds: u64,
+        m: Counts,
+        sv: Counts,
+    ) -> Option<(u64, Trip)> {
+        for t in from..from + seconds {
+            let mut local = Batches::default();
+            local.add_counts(t, Side::Monolith, &m);
+            local.add_counts(t, Side::Service, &sv);
+            if let Some(trip) = st.tick(s, &local, (t + 1) * 1000 + 3) {
+                return Some((t, trip));
+            }
+        }
+        None
+    }
+
+    fn binomial_pmf(n: u32, p: f64) -> Vec<f64> {
+        let mut out = vec![0.0; n as usize + 1];
+        if p >= 1.0 {
+            out[n as usize] = 1.0;
+            return out;
+        }
+        out[0] = (1.0 - p).powi(n as i32);
+        for k in 1..=n as usize {
+            out[k] = out[k - 1] * p / (1.0 - p) * f64::from(n - k as u32 + 1) / k as f64;
+        }
+        out
+    }
+
+    /// `E[e^l]` of one second's error score, exactly, when the monolith
+    /// fails at `pm` and the service at `ps`.
+    fn expected_e(
+        s: &Settings,
+        reference: &[Counts; 2],
+        nm: u32,
+        ns: u32,
+        pm: f64,
+        ps: f64,
+    ) -> f64 {
+        let (fm, fs) = (binomial_pmf(nm, pm), binomial_pmf(ns, ps));
+        let mut sum = 0.0;
+        for (xm, wm) in fm.iter().enumerate() {
+            for (xs, ws) in fs.iter().enumerate() {
+                let batch = [counts(nm, xm as u32, 5), counts(ns, xs as u32, 5)];
+                sum += wm * ws * error_score(s, reference, &batch).exp();
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn the_error_score_is_an_e_value_for_every_monolith_rate() {
+        // Whatever the alternative the window suggests, the counts per
+        // second and the monolith's rate, on the boundary (service =
+        // monolith + margin) and inside the null: E[e^l] <= 1.
+        for d in [0.0, 0.02, 0.1] {
+            let s = Settings {
+                max_error_rate_increase: d,
+                ..Settings::default()
+            };
+            for (ref_m, ref_s) in [
+                ((1000, 10), (100, 1)),
+                ((300, 30), (300, 90)),
+                ((50, 0), (500, 400)),
+            ] {
+                let reference = [counts(ref_m.0, ref_m.1, 5), counts(ref_s.0, ref_s.1, 5)];
+                for (nm, ns) in [(1, 1), (9, 1), (90, 10), (10, 10), (3, 40)] {
+                    for pm in [0.0, 0.001, 0.01, 0.05, 0.2, 0.5, 0.9, 1.0 - d] {
+                        for ps in [pm + d, (pm + d) / 2.0, 0.0] {
+                            let e = expected_e(&s, &reference, nm, ns, pm, ps.min(1.0));
+                            assert!(
+                                e <= 1.0 + 1e-9,
+                                "E = {e} at d {d}, n {nm}/{ns}, rates {pm}/{ps}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
-    fn judge(s: &Settings, m: (u32, u32), sv: (u32, u32)) -> Option<Reason> {
-        let mut w = Window::default();
-        fill(&mut w, s, T0, Side::Monolith, m.0, m.1, 10);
-        fill(&mut w, s, T0, Side::Service, sv.0, sv.1, 10);
-        evaluate(s, &w.totals(s.window_s, T0)).map(|t| t.reason)
-    }
-
     #[test]
-    fn z_matches_the_normal_quantiles() {
-        for (p, want) in [
-            (0.5, 0.0),
-            (0.9, 1.281_551_565_5),
-            (0.95, 1.644_853_626_9),
-            (0.975, 1.959_963_985_0),
-            (0.99, 2.326_347_874_0),
-            (0.999, 3.090_232_306_2),
-        ] {
-            assert!((z(p) - want).abs() < 1e-6, "z({p}) = {}", z(p));
+    fn the_error_score_is_positive_on_average_for_a_regression() {
+        let s = Settings::default();
+        let reference = [counts(2700, 27, 5), counts(300, 18, 5)];
+        // Monolith 1 %, service 6 %: 90 and 10 requests a second.
+        let (fm, fs) = (binomial_pmf(90, 0.01), binomial_pmf(10, 0.06));
+        let mut mean = 0.0;
+        for (xm, wm) in fm.iter().enumerate() {
+            for (xs, ws) in fs.iter().enumerate() {
+                let batch = [counts(90, xm as u32, 5), counts(10, xs as u32, 5)];
+                mean += wm * ws * error_score(&s, &reference, &batch);
+            }
         }
+        // Within 10 % of the information about 6 % against the 3 %
+        // boundary at 10 requests a second (0.120 nats).
+        assert!((0.105..0.125).contains(&mean), "{mean}");
+        // No monolith request in the second: no evidence.
+        let batch = [Counts::default(), counts(10, 10, 5)];
+        assert_eq!(error_score(&s, &reference, &batch), 0.0);
     }
 
     #[test]
-    fn two_errors_of_fifty_do_not_trip_a_two_percent_threshold() {
+    fn thresholds_follow_the_daily_budget() {
         let s = Settings::default();
-        assert_eq!(judge(&s, (50, 0), (50, 2)), None);
-    }
-
-    #[test]
-    fn a_service_failing_ten_percent_against_a_healthy_monolith_trips() {
-        let s = Settings::default();
-        // At the minimum volume the evidence is not yet enough ...
-        assert_eq!(judge(&s, (50, 0), (50, 5)), None);
-        // ... with a few hundred requests a side it is.
-        assert_eq!(judge(&s, (900, 0), (100, 10)), Some(Reason::Errors));
-        assert_eq!(judge(&s, (300, 1), (300, 30)), Some(Reason::Errors));
-    }
-
-    #[test]
-    fn both_sides_failing_alike_do_not_trip() {
-        let s = Settings::default();
-        assert_eq!(judge(&s, (900, 90), (100, 10)), None);
-        assert_eq!(judge(&s, (5000, 500), (5000, 560)), None);
-    }
-
-    #[test]
-    fn fewer_than_min_requests_on_either_side_never_trip() {
-        let s = Settings::default();
-        assert_eq!(judge(&s, (49, 0), (500, 500)), None);
-        assert_eq!(judge(&s, (500, 0), (49, 49)), None);
-    }
-
-    #[test]
-    fn latency_trips_on_the_p95_ratio() {
-        let s = Settings {
+        let b = Bounds::of(&s);
+        assert!((b.errors - (86_400f64 / 0.05).ln()).abs() < 1e-12);
+        let with_latency = Settings {
             max_latency_ratio: Some(2.0),
-            ..Settings::default()
+            fleet_size: 10,
+            ..s
         };
-        let at = |m_ms, s_ms| {
-            let mut w = Window::default();
-            fill(&mut w, &s, T0, Side::Monolith, 100, 0, m_ms);
-            fill(&mut w, &s, T0, Side::Service, 100, 0, s_ms);
-            evaluate(&s, &w.totals(s.window_s, T0)).map(|t| t.reason)
-        };
-        assert_eq!(at(20, 60), Some(Reason::Latency));
-        assert_eq!(at(20, 30), None);
-        // Off without max_latency_ratio.
-        let off = Settings::default();
-        let mut w = Window::default();
-        fill(&mut w, &off, T0, Side::Monolith, 100, 0, 20);
-        fill(&mut w, &off, T0, Side::Service, 100, 0, 2000);
-        assert_eq!(evaluate(&off, &w.totals(off.window_s, T0)), None);
+        let b = Bounds::of(&with_latency);
+        assert!((b.errors - (86_400f64 / 0.0025).ln()).abs() < 1e-12);
+        assert!((b.latency - (86_400f64 / 0.00125).ln()).abs() < 1e-12);
     }
 
     #[test]
-    fn p95_is_the_upper_bound_of_its_bucket() {
+    fn a_service_failing_ten_percent_against_a_healthy_monolith_trips_within_a_minute() {
+        let s = Settings::default();
+        let mut st = State::default();
+        // 90 monolith requests a second, none failing; 10 service requests,
+        // one failing: about 30 s of evidence after the window fills.
+        let (t, trip) = feed(&s, &mut st, T0, 120, counts(90, 0, 5), counts(10, 1, 5)).unwrap();
+        assert!(t - T0 < 60, "tripped after {} s", t - T0);
+        assert_eq!(trip.reason, Reason::Errors);
+        assert!(trip.statistic >= trip.bound);
+        assert_eq!(st.tripped, Some(Reason::Errors));
+        assert_eq!(st.evidence_bp(&s), [10_000, 0]);
+        // Sticky: nothing more is judged.
+        let judged = st.judged_s;
+        assert_eq!(
+            feed(&s, &mut st, t + 1, 10, counts(90, 0, 5), counts(10, 0, 5)),
+            None
+        );
+        assert_eq!(st.judged_s, judged);
+    }
+
+    #[test]
+    fn both_sides_failing_alike_raise_no_evidence() {
+        let s = Settings::default();
+        let mut st = State::default();
+        // 10 % on both sides, exactly, for an hour.
+        assert_eq!(
+            feed(&s, &mut st, T0, 3600, counts(100, 10, 5), counts(10, 1, 5)),
+            None
+        );
+        assert_eq!(st.evidence_bp(&s), [0, 0]);
+        // A shared outage: both at 50 %.
+        assert_eq!(
+            feed(
+                &s,
+                &mut st,
+                T0 + 3600,
+                60,
+                counts(100, 50, 5),
+                counts(10, 5, 5)
+            ),
+            None
+        );
+        assert_eq!(st.evidence_bp(&s), [0, 0]);
+    }
+
+    #[test]
+    fn nothing_is_judged_below_min_requests() {
+        let s = Settings::default();
+        let mut st = State::default();
+        // The service gets 1 request a second: 30 in the 30 s window < 50.
+        assert_eq!(
+            feed(&s, &mut st, T0, 600, counts(100, 0, 5), counts(1, 1, 5)),
+            None
+        );
+        assert_eq!(st.statistic, [0.0, 0.0]);
+    }
+
+    #[test]
+    fn seconds_are_judged_after_the_grace_and_late_counts_go_to_the_next() {
+        let s = Settings::default();
+        let mut st = State::default();
+        let mut local = Batches::default();
+        local.add(T0 * 1000 + 500, Side::Service, true, 5);
+        assert_eq!(st.tick(&s, &local, (T0 + 1) * 1000), None);
+        // The first tick starts judging at the grace.
+        assert_eq!(st.judged_s, T0 + 1 - GRACE_S - 1);
+        // Second T0 is judged GRACE_S seconds after its end, not before.
+        let judged_at = (T0 + 1 + GRACE_S) * 1000;
+        assert_eq!(st.tick(&s, &Batches::default(), judged_at - 1), None);
+        assert_eq!(st.judged_s, T0 - 1);
+        assert_eq!(st.tick(&s, &Batches::default(), judged_at), None);
+        assert_eq!(st.judged_s, T0);
+        assert_eq!(st.window.totals(s.window_s, T0 * 1000)[1].errors, 1);
+        // A worker's count of a judged second joins the next one.
+        let mut late = Batches::default();
+        late.add(T0 * 1000 + 900, Side::Monolith, false, 5);
+        st.tick(&s, &late, judged_at + 10);
+        assert_eq!(st.window.totals(s.window_s, T0 * 1000)[0].requests, 0);
+        st.tick(&s, &Batches::default(), judged_at + 1000);
+        assert_eq!(st.window.totals(s.window_s, (T0 + 1) * 1000)[0].requests, 1);
+    }
+
+    fn latency_settings(ratio: f64) -> Settings {
+        Settings {
+            max_latency_ratio: Some(ratio),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn latency_never_trips_on_a_one_bucket_difference() {
+        // 108 ms against 107 ms is one bucket apart (bucket(107) = 27,
+        // bucket(108) = 28); every request, for an hour, at the smallest
+        // ratio.
+        assert_eq!(bucket(108), bucket(107) + 1);
+        let s = latency_settings(1.19);
+        let mut st = State::default();
+        assert_eq!(
+            feed(
+                &s,
+                &mut st,
+                T0,
+                3600,
+                counts(100, 0, 107),
+                counts(30, 0, 108)
+            ),
+            None
+        );
+        assert_eq!(st.statistic[1], 0.0);
+    }
+
+    #[test]
+    fn a_service_three_times_slower_trips_on_latency() {
+        let s = latency_settings(1.5);
+        let mut st = State::default();
+        let (t, trip) = feed(&s, &mut st, T0, 300, counts(90, 0, 20), counts(10, 0, 60)).unwrap();
+        assert_eq!(trip.reason, Reason::Latency);
+        assert!(t - T0 < 60, "tripped after {} s", t - T0);
+        assert_eq!(st.evidence_bp(&s), [0, 10_000]);
+    }
+
+    #[test]
+    fn the_latency_bound_needs_enough_monolith_requests() {
+        let b = Bounds::of(&latency_settings(1.5));
+        // ln(1/beta) = ln(4 x 86,400 / 0.05) = 15.75: mu > 31.5, n > 630.
+        assert_eq!(
+            latency_bound_ms(1.5, b.ln_inv_beta, &counts(600, 0, 20)),
+            None
+        );
+        let c = counts(700, 0, 20);
+        assert_eq!(
+            latency_bound_ms(1.5, b.ln_inv_beta, &c),
+            Some(1.5 * bucket_upper_ms(bucket(20)))
+        );
+        // Buckets entirely above 1.5 x 22.6 ms = 33.9 ms: (38.1, 45.3] and
+        // up; 38 ms is in (32, 38.1], partly below.
+        assert_eq!(slower_than(&counts(10, 0, 40), 33.9), 10);
+        assert_eq!(slower_than(&counts(10, 0, 38), 33.9), 0);
+    }
+
+    #[test]
+    fn bucket_bounds() {
         let mut c = Counts::default();
         for ms in 1..=100u64 {
             c.latency[bucket(ms)] += 1;
@@ -545,61 +1045,70 @@ mod tests {
     }
 
     #[test]
-    fn old_slices_leave_the_window_and_workers_merge() {
-        let s = Settings {
-            window_s: 10,
-            ..Settings::default()
-        };
-        let (mut a, mut b) = (Window::default(), Window::default());
-        fill(&mut a, &s, T0, Side::Service, 30, 30, 5);
-        fill(&mut b, &s, T0 + 5_000, Side::Monolith, 40, 0, 5);
-        let mut shared = Window::default();
-        shared.merge(&a);
-        shared.merge(&b);
-        let [m, sv] = shared.totals(s.window_s, T0 + 5_000);
-        assert_eq!((m.requests, sv.requests, sv.errors), (40, 30, 30));
-        // 10 s later the service's slice (at T0) is gone.
-        let [m, sv] = shared.totals(s.window_s, T0 + 10_000);
-        assert_eq!((m.requests, sv.requests), (40, 0));
-    }
-
-    #[test]
     fn state_round_trips_and_rejects_junk() {
         let s = Settings::default();
         let mut st = State::default();
         assert_eq!(State::decode(&st.encode()), Some(st.clone()));
         assert_eq!(State::decode(&[]), Some(State::default()));
-        fill(&mut st.window, &s, T0, Side::Service, 3, 1, 7);
+        feed(&s, &mut st, T0, 100, counts(90, 1, 7), counts(10, 1, 9));
         st.tripped = Some(Reason::Latency);
         let bytes = st.encode();
         assert_eq!(State::decode(&bytes), Some(st));
         assert_eq!(State::decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(State::decode(&[9, 0]), None);
         assert_eq!(State::decode(&[VERSION, 7]), None);
+        assert_eq!(State::decode(&[VERSION, 0]), None);
     }
 
     #[test]
-    fn the_trip_line_gives_both_sides() {
-        let s = Settings::default();
-        let mut w = Window::default();
-        fill(&mut w, &s, T0, Side::Monolith, 400, 3, 10);
-        fill(&mut w, &s, T0, Side::Service, 80, 12, 10);
-        let t = evaluate(&s, &w.totals(s.window_s, T0)).unwrap();
+    fn a_trip_written_by_the_previous_layout_is_kept() {
+        // Version 1 (the fixed-level test's state): version, trip, and a
+        // window of ten slices, as the previous release wrote it.
+        let v1 = include_bytes!("../tests/fixtures/guard_state_v1.bin");
+        assert_eq!(v1.len(), 2 + 10 * (8 + 2 * (8 + 4 * 64)));
+        let st = State::decode(v1).unwrap();
+        assert_eq!(st.tripped, Some(Reason::Errors));
+        assert_eq!(st.window, Window::default());
+        // The short forms it wrote too.
         assert_eq!(
-            t.to_string(),
-            "service 12/80 5xx (15.0 %), monolith 3/400 5xx (0.8 %)"
+            State::decode(&[1, 2]).unwrap().tripped,
+            Some(Reason::Latency)
         );
-        let mut w = Window::default();
-        let s = Settings {
-            max_latency_ratio: Some(2.0),
-            ..s
+        assert_eq!(State::decode(&[1, 0]).unwrap(), State::default());
+        assert_eq!(State::decode(&v1[..v1.len() - 1]), None);
+        // A tripped state stays tripped on the new code's tick.
+        let mut st = st;
+        let s = Settings::default();
+        assert_eq!(
+            feed(&s, &mut st, T0, 5, counts(90, 0, 5), counts(10, 0, 5)),
+            None
+        );
+        assert_eq!(st.tripped, Some(Reason::Errors));
+    }
+
+    #[test]
+    fn the_trip_line_gives_both_sides_and_the_evidence() {
+        let t = Trip {
+            reason: Reason::Errors,
+            monolith: counts(400, 3, 10),
+            service: counts(80, 12, 10),
+            statistic: 14.5678,
+            bound: 14.3623,
         };
-        fill(&mut w, &s, T0, Side::Monolith, 100, 0, 20);
-        fill(&mut w, &s, T0, Side::Service, 100, 0, 60);
-        let t = evaluate(&s, &w.totals(s.window_s, T0)).unwrap();
         assert_eq!(
             t.to_string(),
-            "service p95 64 ms (100 requests), monolith p95 23 ms (100 requests)"
+            "service 12/80 5xx (15.0 %), monolith 3/400 5xx (0.8 %); evidence 14.57 >= bound 14.36"
+        );
+        let t = Trip {
+            reason: Reason::Latency,
+            monolith: counts(100, 0, 20),
+            service: counts(100, 0, 60),
+            statistic: 15.1,
+            bound: 15.06,
+        };
+        assert_eq!(
+            t.to_string(),
+            "service p95 64 ms (100 requests), monolith p95 23 ms (100 requests); evidence 15.10 >= bound 15.06"
         );
     }
 }

@@ -10,7 +10,10 @@
 //! - [`decision`]: why a request went where it went (traces, access logs).
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`guard`]: rolls a route back when its service does worse than the
-//!   monolith (two-proportion test, p95 ratio; injected clock).
+//!   monolith (CUSUM detectors on per-second e-values with a false-trip
+//!   bound per 24 h; injected clock).
+//! - `guard_sim` (native only): the Monte-Carlo that drives [`guard`] for
+//!   `traffic-shift guard-sim`.
 //! - [`grpc`]: which requests are gRPC, status codes, failure codes.
 //! - [`hash`]: the bucket formula (FNV-1a 64, a compatibility contract).
 //! - [`headers`]: the request headers as one serialized map, read in place.
@@ -46,6 +49,8 @@ pub mod envoy;
 pub mod flow;
 pub mod grpc;
 pub mod guard;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod guard_sim;
 pub mod hash;
 pub mod headers;
 pub mod ramp;

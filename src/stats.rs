@@ -233,6 +233,10 @@ pub struct GuardStats<Id> {
     /// Counters: trips by reason (errors, latency).
     pub trips_errors: Id,
     pub trips_latency: Id,
+    /// Gauges: each trigger's statistic as a share of its threshold, in
+    /// basis points (10,000 = trips).
+    pub evidence_errors: Id,
+    pub evidence_latency: Id,
 }
 
 impl<Id> GuardStats<Id> {
@@ -242,6 +246,8 @@ impl<Id> GuardStats<Id> {
             tripped: define(Kind::Gauge, &format!("{g}.tripped")),
             trips_errors: define(Kind::Counter, &format!("{g}.trips.reason.errors")),
             trips_latency: define(Kind::Counter, &format!("{g}.trips.reason.latency")),
+            evidence_errors: define(Kind::Gauge, &format!("{g}.evidence_bp.reason.errors")),
+            evidence_latency: define(Kind::Gauge, &format!("{g}.evidence_bp.reason.latency")),
         }
     }
 }

@@ -75,13 +75,28 @@ route orders: prefix /api/orders/, GET,POST -> service orders_service
   percent now: 10% (1000 bp); key: cookie uid; salt: "orders-v1"
   ramp steps ahead: 2026-12-04T09:00:00Z -> 50%
   outlier: consecutive failures 5, failure rate 50% of >= 20 requests in 10000 ms, failure statuses 500,502,503,504, ejection 30000..300000 ms, 1 half-open probe(s), on open: reject with 503
-  guard: window 30 s, at least 50 requests a side; errors: service 5xx rate above the monolith's + 2 points at 95% confidence; latency: service p95 above 2.5x the monolith's; epoch 2
+  guard: errors: service 5xx rate above the monolith's + 2 points; latency: service p95 above 2.5x the monolith's; false trips at most 5% per 24 h (confidence 95%); estimates over 30 s, at least 50 requests a side; epoch 2
 route login: path /login, any method -> service auth_service
   percent now: 0% (0 bp); key: header x-request-id; salt: ""
   outlier: off
   guard: off
 "#;
     assert_eq!(out, want);
+}
+
+#[test]
+fn the_guard_plan_has_no_float_noise() {
+    // 0.07 x 100 is 7.000000000000001 in f64, 0.57 x 100 56.99999999999999;
+    // exponent forms are the same numbers.
+    let json = r#"{"monolith": "m", "routes": [{"name": "a", "prefix": "/a/", "service": "s",
+        "percent": 10, "guard": {"max_error_rate_increase": 7e-2, "confidence": 0.57,
+        "max_latency_ratio": 1.3, "fleet_size": 4}}]}"#;
+    let (code, out, err) = check(json, &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("  guard: errors: service 5xx rate above the monolith's + 7 points; latency: service p95 above 1.3x the monolith's; false trips at most 43% per 24 h across a fleet of 4 proxies (confidence 57%); estimates over 30 s, at least 50 requests a side; epoch 0\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -918,4 +933,63 @@ fn check_envoy_warns_when_the_grpc_status_tag_is_missing() {
     assert_eq!(code, 0, "a warning only");
     assert_eq!(err, "COPY: warning: stats_config.stats_tags has no tag grpc_status (regex '^wasmcustom\\.traffic_shift\\..+\\.grpc_rq(\\.code\\.([A-Z_]+|other))$'): the counts by gRPC status of routes with grpc keep the code in the stat name (regenerate the bootstrap with traffic-shift envoy)\n");
     assert!(out.contains("0 error(s), 1 warning(s)"), "{out}");
+}
+
+/// `traffic-shift guard-sim FILE ARGS...` on a temporary plugin file.
+fn guard_sim(json: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("guard-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plugin.json");
+    std::fs::write(&file, json).unwrap();
+    let mut all: Vec<&OsStr> = vec![OsStr::new("guard-sim"), file.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    let out = cli(&all);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+const GUARDED: &str = r#"{"monolith": "m", "routes": [
+    {"name": "auth", "prefix": "/a/", "service": "s", "percent": 10, "guard": {}},
+    {"name": "open", "prefix": "/o/", "service": "o", "percent": 10}]}"#;
+
+#[test]
+fn guard_sim_runs_the_route_s_guard_and_refuses_what_it_cannot_run() {
+    // A service failing half its requests against a 1 % monolith, 100 rq/s
+    // at 10 %: every trial trips within minutes.
+    let (code, out, err) = guard_sim(
+        GUARDED,
+        &[
+            "--route",
+            "auth",
+            "--service-error",
+            "50",
+            "--hours",
+            "0.1",
+            "--trials",
+            "5",
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(out.contains("thresholds: errors 14.36 nats\n"), "{out}");
+    assert!(out.contains("5 of 5 trials tripped within 0.1 h"), "{out}");
+    // Equal sides: the evidence is reported, no trip in 0.1 h.
+    let (code, out, _) = guard_sim(
+        GUARDED,
+        &["--route", "auth", "--hours", "0.1", "--trials", "2"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("0 of 2 trials tripped"), "{out}");
+
+    let (code, _, err) = guard_sim(GUARDED, &["--route", "open"]);
+    assert_one_line_error(code, &err, "route \"open\" has no guard");
+    let (code, _, err) = guard_sim(GUARDED, &["--route", "nope"]);
+    assert_one_line_error(code, &err, "no route named \"nope\"");
+    let (code, _, err) = guard_sim(GUARDED, &["--route", "auth", "--latency", "normal:1,2"]);
+    assert_one_line_error(
+        code,
+        &err,
+        "--latency: expected lognormal:MU,SIGMA or pareto:XM,ALPHA",
+    );
+    let (code, _, err) = guard_sim(GUARDED, &[]);
+    assert_one_line_error(code, &err, "--route NAME is required");
 }

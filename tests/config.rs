@@ -808,6 +808,7 @@ fn guard_defaults_and_overrides() {
             max_error_rate_increase: 0.02,
             confidence: 0.95,
             max_latency_ratio: None,
+            fleet_size: 1,
             epoch: 0,
         })
     );
@@ -828,6 +829,7 @@ fn guard_defaults_and_overrides() {
             max_error_rate_increase: 0.0,
             confidence: 0.99,
             max_latency_ratio: Some(2.5),
+            fleet_size: 1,
             epoch: 3,
         })
     );
@@ -874,13 +876,77 @@ fn guard_key_changes_with_what_clears_a_trip_only() {
 }
 
 #[test]
+fn one_number_rule_for_every_numeric_field() {
+    // A number is judged by its value however it is written: exponent
+    // forms and integral fractions are accepted, in guard, outlier and
+    // percent fields alike.
+    let c = Config::from_json(
+        route(
+            r#""name": "auth", "prefix": "/auth/", "service": "auth_service", "percent": 1e1,
+            "outlier": {"consecutive_failures": 5.0, "base_ejection_ms": 3e4,
+                        "failure_statuses": [5.03e2]},
+            "guard": {"confidence": 9.5e-1, "max_error_rate_increase": 2E-2, "window_s": 6e1,
+                      "max_latency_ratio": 15e-1}"#,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = &c.routes[0];
+    assert_eq!(r.basis_points, 1000);
+    let g = r.guard.as_ref().unwrap();
+    assert_eq!(
+        (
+            g.confidence,
+            g.max_error_rate_increase,
+            g.window_s,
+            g.max_latency_ratio
+        ),
+        (0.95, 0.02, 60, Some(1.5))
+    );
+    let o = r.outlier.as_ref().unwrap();
+    assert_eq!((o.consecutive_failures, o.base_ejection_ms), (5, 30_000));
+    assert_eq!(o.failure_statuses, vec![503]);
+    // The same value spelled plainly gives the same guard key.
+    let key = |guard: &str| {
+        Config::from_json(route(&format!(r#"{OK_ROUTE}, "guard": {guard}"#)).as_bytes())
+            .unwrap()
+            .routes[0]
+            .guard_key()
+            .unwrap()
+    };
+    assert_eq!(
+        key(r#"{"confidence": 9.5e-1}"#),
+        key(r#"{"confidence": 0.95}"#)
+    );
+    // Out of range or not an integer: the value in the message is the text
+    // as written.
+    let g = |body: &str| route(&format!(r#"{OK_ROUTE}, "guard": {body}"#));
+    for (json, want) in [
+        (
+            g(r#"{"confidence": 1e0}"#),
+            "routes[0].guard.confidence: must be a number from 0.5 to below 1, got 1e0",
+        ),
+        (
+            g(r#"{"window_s": 6.5}"#),
+            "routes[0].guard.window_s: must be an integer between 5 and 600, got 6.5",
+        ),
+        (
+            g(r#"{"min_requests": 1e30}"#),
+            "routes[0].guard.min_requests: must be an integer between 1 and 1000000, got 1e30",
+        ),
+    ] {
+        assert_eq!(errors(&json), vec![want], "{json}");
+    }
+}
+
+#[test]
 fn guard_errors_exact_messages() {
     let g = |body: &str| route(&format!(r#"{OK_ROUTE}, "guard": {body}"#));
     let cases: Vec<(String, Vec<&str>)> = vec![
         (g("[]"), vec!["routes[0].guard: must be an object, got array"]),
         (
             g(r#"{"window": 30}"#),
-            vec!["routes[0].guard.window: unknown field; expected one of: window_s, min_requests, max_error_rate_increase, confidence, max_latency_ratio, epoch"],
+            vec!["routes[0].guard.window: unknown field; expected one of: window_s, min_requests, max_error_rate_increase, confidence, max_latency_ratio, fleet_size, epoch"],
         ),
         (
             g(r#"{"window_s": 4}"#),
@@ -912,7 +978,15 @@ fn guard_errors_exact_messages() {
         ),
         (
             g(r#"{"max_latency_ratio": 1}"#),
-            vec!["routes[0].guard.max_latency_ratio: must be a number above 1 and at most 100, got 1"],
+            vec!["routes[0].guard.max_latency_ratio: must be a number from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket), got 1"],
+        ),
+        (
+            g(r#"{"max_latency_ratio": 1.18}"#),
+            vec!["routes[0].guard.max_latency_ratio: must be a number from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket), got 1.18"],
+        ),
+        (
+            g(r#"{"fleet_size": 0}"#),
+            vec!["routes[0].guard.fleet_size: must be an integer between 1 and 100000, got 0"],
         ),
         (
             g(r#"{"epoch": -1}"#),

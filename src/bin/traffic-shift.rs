@@ -13,6 +13,9 @@
 //!
 //! `traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT...` prints the
 //! Envoy bootstrap the configuration needs (`envoy.rs`).
+//!
+//! `traffic-shift guard-sim PLUGIN.json --route NAME ...` simulates a route's
+//! guard on the filter's own guard code (`guard_sim.rs`).
 
 #![deny(
     clippy::unwrap_used,
@@ -36,6 +39,8 @@ use traffic_shift::routes::PathMatch;
 
 #[path = "traffic-shift/envoy.rs"]
 mod envoy;
+#[path = "traffic-shift/guard_sim.rs"]
+mod guard_sim;
 
 /// `writeln!` into the output buffer (a `String` cannot fail).
 macro_rules! say {
@@ -52,6 +57,7 @@ const USAGE: &str =
 
 const HELP: &str = "traffic-shift check FILE [--key VALUE [--route NAME]] [--at RFC3339-UTC] [--envoy BOOTSTRAP.yaml]
 traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... (see traffic-shift envoy --help)
+traffic-shift guard-sim PLUGIN.json --route NAME ... (see traffic-shift guard-sim --help)
 
 Checks a traffic_shift plugin configuration (JSON) with the filter's own code.
   FILE           the configuration; - reads standard input
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (result, usage) = match args.split_first() {
         Some((cmd, rest)) if cmd == "envoy" => (envoy::run(rest), envoy::USAGE),
+        Some((cmd, rest)) if cmd == "guard-sim" => (guard_sim::run(rest), guard_sim::USAGE),
         _ => (run(&args), USAGE),
     };
     match result {
@@ -184,6 +191,18 @@ fn run(args: &[OsString]) -> Result<ExitCode, String> {
     })
 }
 
+/// `x` with at most 6 decimals and no trailing zeros: `0.07 * 100.0` is
+/// `7`, not `7.000000000000001`.
+fn short(x: f64) -> String {
+    let s = format!("{x:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
 fn percent(bp: u16) -> String {
     let s = format!("{}.{:02}", bp / 100, bp % 100);
     s.trim_end_matches('0').trim_end_matches('.').to_string() + "%"
@@ -285,14 +304,19 @@ fn print_plan(out: &mut String, file: &str, config: &Config, now_ms: u64) {
             None => say!(out, "  guard: off"),
             Some(g) => {
                 let latency = g.max_latency_ratio.map_or("off".to_string(), |x| {
-                    format!("service p95 above {x}x the monolith's")
+                    format!("service p95 above {}x the monolith's", short(x))
                 });
+                let fleet = match g.fleet_size {
+                    1 => String::new(),
+                    n => format!(" across a fleet of {n} proxies"),
+                };
                 say!(out,
-                    "  guard: window {} s, at least {} requests a side; errors: service 5xx rate above the monolith's + {} points at {}% confidence; latency: {latency}; epoch {}",
+                    "  guard: errors: service 5xx rate above the monolith's + {} points; latency: {latency}; false trips at most {}% per 24 h{fleet} (confidence {}%); estimates over {} s, at least {} requests a side; epoch {}",
+                    short(g.max_error_rate_increase * 100.0),
+                    short((1.0 - g.confidence) * 100.0),
+                    short(g.confidence * 100.0),
                     g.window_s,
                     g.min_requests,
-                    g.max_error_rate_increase * 100.0,
-                    g.confidence * 100.0,
                     g.epoch
                 );
             }

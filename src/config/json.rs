@@ -42,13 +42,57 @@ impl Json {
         }
     }
 
-    /// A number written as a plain non-negative integer (`5`, not `5.0`
-    /// or `5e0`) that fits a `u64`.
+    /// A number whose value is a non-negative integer that fits a `u64`,
+    /// however written (`5`, `5.0`, `5e0`, `0.5e1`): the one number rule
+    /// of the configuration is that a field judges a number's value, never
+    /// its spelling.
     pub fn as_u64(&self) -> Option<u64> {
-        match self {
-            Json::Number(text) => text.parse().ok(),
-            _ => None,
+        let Json::Number(text) = self else {
+            return None;
+        };
+        let d = Decimal::parse(text)?;
+        if d.digits.is_empty() {
+            return Some(0);
         }
+        if d.negative || d.scale < 0 {
+            return None;
+        }
+        let zeros = usize::try_from(d.scale).ok()?;
+        if d.digits.len().saturating_add(zeros) > 20 {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for b in d.digits.bytes().chain(std::iter::repeat_n(b'0', zeros)) {
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        Some(n)
+    }
+
+    /// A number's value as `f64`, computed from its decimal digits by hand
+    /// (the standard float parser adds tens of KB to the .wasm): exact for
+    /// up to 19 significant digits and any exponent; `2`, `0.02`, `2e-2`
+    /// and `20e-3` are the same value.
+    pub fn as_f64(&self) -> Option<f64> {
+        let Json::Number(text) = self else {
+            return None;
+        };
+        let d = Decimal::parse(text)?;
+        let keep = d.digits.len().min(19);
+        let dropped = (d.digits.len() - keep) as i64;
+        let mut m: u64 = 0;
+        for b in d.digits.bytes().take(keep) {
+            m = m * 10 + u64::from(b - b'0');
+        }
+        let scale = d.scale.saturating_add(dropped);
+        let p = |e: i64| 10f64.powi(i32::try_from(e).unwrap_or(i32::MAX));
+        let v = if m == 0 {
+            0.0
+        } else if scale >= 0 {
+            m as f64 * p(scale)
+        } else {
+            m as f64 / p(-scale)
+        };
+        Some(if d.negative { -v } else { v })
     }
 
     /// The JSON type, for messages: `number`, `object`, ...
@@ -61,6 +105,55 @@ impl Json {
             Json::Array(_) => "array",
             Json::Object(_) => "object",
         }
+    }
+}
+
+/// A JSON number's text as `digits x 10^scale`, digits without leading or
+/// trailing zeros (empty for zero).
+struct Decimal {
+    negative: bool,
+    digits: String,
+    scale: i64,
+}
+
+impl Decimal {
+    fn parse(text: &str) -> Option<Decimal> {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
+            // The JSON grammar leaves only overflow: a huge exponent,
+            // saturated.
+            Some((m, e)) => {
+                let e = e.strip_prefix('+').unwrap_or(e);
+                let sat = if e.starts_with('-') {
+                    i64::MIN / 2
+                } else {
+                    i64::MAX / 2
+                };
+                (
+                    m,
+                    e.parse::<i64>()
+                        .unwrap_or(sat)
+                        .clamp(i64::MIN / 2, i64::MAX / 2),
+                )
+            }
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let all = format!("{int}{frac}");
+        let lead = all.trim_start_matches('0');
+        let digits = lead.trim_end_matches('0');
+        let trailing = (lead.len() - digits.len()) as i64;
+        Some(Decimal {
+            negative,
+            digits: digits.to_string(),
+            scale: exponent - frac.len() as i64 + trailing,
+        })
     }
 }
 
@@ -329,9 +422,24 @@ mod tests {
             r#"{"b":10.000000001,"a":[1e2,-0,"x\n"],"c":{"d":null,"e":true}}"#
         );
         assert_eq!(j.get("a").map(Json::kind), Some("array"));
-        assert_eq!(Json::Number("5".into()).as_u64(), Some(5));
-        assert_eq!(Json::Number("5.0".into()).as_u64(), None);
-        assert_eq!(Json::Number("-1".into()).as_u64(), None);
+        let n = |t: &str| Json::Number(t.into());
+        assert_eq!(n("5").as_u64(), Some(5));
+        assert_eq!(n("5.0").as_u64(), Some(5));
+        assert_eq!(n("0.5e1").as_u64(), Some(5));
+        assert_eq!(n("500e-2").as_u64(), Some(5));
+        assert_eq!(n("-0").as_u64(), Some(0));
+        assert_eq!(n("5.5").as_u64(), None);
+        assert_eq!(n("-1").as_u64(), None);
+        assert_eq!(n("18446744073709551615").as_u64(), Some(u64::MAX));
+        assert_eq!(n("18446744073709551616").as_u64(), None);
+        assert_eq!(n("1e400").as_u64(), None);
+        assert_eq!(n("9.5e-1").as_f64(), Some(0.95));
+        assert_eq!(n("0.95").as_f64(), Some(0.95));
+        assert_eq!(n("95e-2").as_f64(), Some(0.95));
+        assert_eq!(n("0.020").as_f64(), Some(0.02));
+        assert_eq!(n("-1.5").as_f64(), Some(-1.5));
+        assert_eq!(n("1e400").as_f64(), Some(f64::INFINITY));
+        assert_eq!(n("1e-400").as_f64(), Some(0.0));
     }
 
     #[test]

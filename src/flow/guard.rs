@@ -1,15 +1,16 @@
 //! The guard's host side: outcomes counted per worker in worker memory,
-//! merged into the host's store on the tick, a trip published there once
-//! and read back by every worker on its next tick (so a trip reaches all
-//! workers within about two ticks). The request path only reads a flag in
-//! worker memory.
+//! merged into the host's store on the tick (where due seconds are judged),
+//! a trip published there once and read back by every worker on its next
+//! tick (so a trip reaches all workers within about two ticks). The request
+//! path only reads a flag in worker memory; the evidence gauges are written
+//! on the tick.
 
 use std::cell::{Cell, RefCell};
 
 use super::counters::{self, Metric};
 use super::{Host, Plan, Worker};
 use crate::config::{Route, Target};
-use crate::guard::{self, Reason, Settings, Side, State, Window};
+use crate::guard::{Batches, Reason, Settings, Side, State};
 use crate::stats::{GuardStats, LocalCounters};
 
 /// Compare-and-swap attempts before a merge is left for the next tick.
@@ -24,8 +25,8 @@ pub struct Slot {
 /// One route's guard in one worker.
 #[derive(Default)]
 pub struct Local {
-    /// This worker's outcomes not merged yet.
-    window: RefCell<Window>,
+    /// This worker's outcomes not merged yet, by second.
+    batches: RefCell<Batches>,
     /// The trip as last read from the store.
     tripped: Cell<bool>,
 }
@@ -37,14 +38,14 @@ impl Local {
     }
 
     /// Response path: counts one completed request (worker memory only).
-    pub fn observe(&self, s: &Settings, now: u64, target: Target, status: u16, latency_ms: u64) {
+    pub fn observe(&self, _s: &Settings, now: u64, target: Target, status: u16, latency_ms: u64) {
         let side = match target {
             Target::Monolith => Side::Monolith,
             Target::Service => Side::Service,
         };
-        self.window
+        self.batches
             .borrow_mut()
-            .add(s.window_s, now, side, status >= 500, latency_ms);
+            .add(now, side, status >= 500, latency_ms);
     }
 }
 
@@ -56,8 +57,9 @@ impl Slot {
         })
     }
 
-    /// The tick: merges this worker's counts, judges the merged window
-    /// (unless already tripped), publishes a trip, reads the trip state.
+    /// The tick: merges this worker's counts, judges the seconds that are
+    /// due (unless already tripped), publishes a trip, reads the trip state
+    /// and the evidence.
     #[allow(clippy::too_many_arguments)]
     pub fn tick(
         &self,
@@ -73,23 +75,17 @@ impl Slot {
                 return;
             };
             let mut state = State::decode(&bytes).unwrap_or_default();
-            let window = local.window.borrow();
-            let dirty = !window.is_empty();
-            state.window.merge(&window);
-            drop(window);
-            let trip = match state.tripped {
-                Some(_) => None,
-                None => guard::evaluate(s, &state.window.totals(s.window_s, now)),
-            };
-            if let Some(t) = &trip {
-                state.tripped = Some(t.reason);
-            }
-            let stored =
-                (!dirty && trip.is_none()) || host.store_set(&self.key, Some(&state.encode()), cas);
+            let before = (state.tripped, state.judged_s);
+            let batches = local.batches.borrow();
+            let dirty = !batches.is_empty() && state.tripped.is_none();
+            let trip = state.tick(s, &batches, now);
+            drop(batches);
+            let changed = dirty || before != (state.tripped, state.judged_s);
+            let stored = !changed || host.store_set(&self.key, Some(&state.encode()), cas);
             if !stored {
                 continue;
             }
-            *local.window.borrow_mut() = Window::default();
+            *local.batches.borrow_mut() = Batches::default();
             if let Some(t) = trip {
                 counters::count(
                     c,
@@ -99,7 +95,7 @@ impl Slot {
                     },
                 );
                 log::warn!(
-                    "guard of route \"{}\" (service {}) tripped on {}: {t} over the last {} s; \
+                    "guard of route \"{}\" (service {}) tripped on {}: {t} (over the last {} s); \
                      every request of the route goes to the monolith until its configuration changes",
                     route.name,
                     route.service,
@@ -109,6 +105,9 @@ impl Slot {
             }
             local.tripped.set(state.tripped.is_some());
             counters::record(host, self.stats.tripped, u64::from(local.tripped.get()));
+            let [errors, latency] = state.evidence_bp(s);
+            counters::record(host, self.stats.evidence_errors, errors);
+            counters::record(host, self.stats.evidence_latency, latency);
             return;
         }
     }

@@ -10,12 +10,13 @@
 //! - `request.rs`: the request path (headers read once, decision, target
 //!   header, breaker admission);
 //! - `response.rs`: the response path (outcome, counters, histogram,
-//!   guard window, breaker outcome);
+//!   guard counts, breaker outcome);
 //! - `counters.rs`: stats, counters accumulated per worker and flushed on
 //!   the tick;
 //! - `breaker.rs`: the breaker's process-wide state (a compare-and-swap
 //!   store), transitions reported;
-//! - `guard.rs`: the guard's windows and trips in the process-wide store;
+//! - `guard.rs`: the guard's counts, judged seconds and trips in the
+//!   process-wide store;
 //! - `shadow.rs`: shadow calls to the side not chosen, their answers;
 //! - `tick.rs`: configuring (stats defined, gauges taken over from the
 //!   previous configuration) and the tick.
@@ -125,6 +126,8 @@ pub enum Next {
 /// [`tick::configure`].
 pub struct Plan {
     pub config: Config,
+    /// Which filter it belongs to ([`Config::filter_identity`]).
+    pub filter: u64,
     /// Index = route index.
     pub stats: Vec<RouteStats<Metric>>,
     /// Index = route index; `None` for routes without `outlier`.

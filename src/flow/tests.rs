@@ -390,25 +390,69 @@ fn breaker_state_is_process_wide() {
     );
 }
 
+/// One second of traffic on guarded route `path` of configuration `plan`:
+/// `per_s` requests by new users (`users` counts them), each answered
+/// `status(service, n)` (`n`: the how-manieth request of that side this
+/// second); then the clock moves 1 s. The guard judges a second on the
+/// tick after its grace (1 s), never from one request.
+fn guard_second(
+    env: &Env,
+    (plan, worker): (&Plan, &Worker),
+    path: &str,
+    users: &mut usize,
+    per_s: usize,
+    status: impl Fn(bool, usize) -> u16,
+) {
+    let mut n = [0, 0];
+    for _ in 0..per_s {
+        *users += 1;
+        let user = format!("u{users}");
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            ("x-user", user.as_str()),
+        ];
+        let mut r = request_on(&env.host, plan, worker, &headers, true);
+        let service = r.target().as_deref() != Some("monolith");
+        let side = &mut n[usize::from(service)];
+        let code = status(service, *side);
+        *side += 1;
+        r.stream.respond(&[(":status", &code.to_string())]);
+        r.exchange
+            .on_response_headers(&env.host, &r.stream, plan, worker, true);
+    }
+    env.host.advance(1000);
+}
+
+/// A service failing every request against a monolith failing none.
+fn service_fails(service: bool, _: usize) -> u16 {
+    if service {
+        500
+    } else {
+        200
+    }
+}
+
 #[test]
 fn guard_trip_sets_the_share_to_0() {
-    let env = Env::new(&config(
-        r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50,
-            "guard": {"window_s": 30, "min_requests": 20}}"#,
-        "",
-    ));
+    let env = Env::new(&config(GUARDED, ""));
     let mut users = 0;
-    let mut drive = |env: &Env| {
-        for _ in 0..200 {
-            users += 1;
-            let mut r = env.get("/orders/1", &format!("u{users}"));
-            let service = r.target().as_deref() == Some("orders_service");
-            env.status(&mut r, if service { 500 } else { 200 });
-        }
-    };
-    drive(&env);
-    env.tick();
-    assert_eq!(env.metric("route.orders.guard.tripped"), 1);
+    // 100 requests a second at 50 %, the service failing all of them, the
+    // monolith none: the first judged second fills the window to
+    // min_requests (20 a side), the next ones trip it (each worth far more
+    // than the threshold's 14.4 nats); with the grace, within 5 s.
+    let mut seconds = 0;
+    while env.metric("route.orders.guard.tripped") == 0 {
+        assert!(seconds < 5, "no trip after {seconds} s");
+        let plan = (&env.plan, &env.worker);
+        guard_second(&env, plan, "/orders/1", &mut users, 100, service_fails);
+        env.tick();
+        seconds += 1;
+    }
+    assert!(
+        seconds >= 3,
+        "tripped before a second was judged: {seconds} s"
+    );
     assert_eq!(
         env.metric("route.orders.guard.trips.reason.errors"),
         0,
@@ -425,18 +469,81 @@ fn guard_trip_sets_the_share_to_0() {
 
 #[test]
 fn guard_does_not_trip_when_both_sides_do_alike() {
-    let env = Env::new(&config(
-        r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50,
-            "guard": {"window_s": 30, "min_requests": 20}}"#,
-        "",
-    ));
-    for i in 0..400 {
-        let mut r = env.get("/orders/1", &format!("u{i}"));
-        env.status(&mut r, 200);
+    let env = Env::new(&config(GUARDED, ""));
+    let mut users = 0;
+    // Both sides failing every 10th request of theirs each second, 100
+    // requests a second at 50 %, for 5 minutes: far more than the
+    // regression above needs to trip, and no trip.
+    let every_tenth = |_: bool, n: usize| if n.is_multiple_of(10) { 500 } else { 200 };
+    for _ in 0..300 {
+        let plan = (&env.plan, &env.worker);
+        guard_second(&env, plan, "/orders/1", &mut users, 100, every_tenth);
+        env.tick();
     }
-    env.tick();
     assert_eq!(env.metric("route.orders.guard.tripped"), 0);
+    assert_eq!(env.metric("route.orders.guard.trips.reason.errors"), 0);
     assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
+    assert!(
+        env.metric("route.orders.guard.evidence_bp.reason.errors") < 5000,
+        "{}",
+        env.metric("route.orders.guard.evidence_bp.reason.errors")
+    );
+}
+
+#[test]
+fn the_guard_s_evidence_gauges_are_recorded_on_the_tick() {
+    let env = Env::new(&config(GUARDED, ""));
+    let errors = "route.orders.guard.evidence_bp.reason.errors";
+    let latency = "route.orders.guard.evidence_bp.reason.latency";
+    let mut users = 0;
+    // Healthy seconds: the window fills, no evidence.
+    for _ in 0..5 {
+        let plan = (&env.plan, &env.worker);
+        guard_second(&env, plan, "/orders/1", &mut users, 100, |_, _| 200);
+        env.tick();
+    }
+    assert_eq!((env.metric(errors), env.metric(latency)), (0, 0));
+    // One second with the service failing a fifth of its requests: no
+    // gauge moves per request, nor on the tick at its end (the second's
+    // grace), the next tick judges it and records the evidence, below a
+    // trip (1411 bp here).
+    let fifth = |service: bool, n: usize| {
+        if service && n.is_multiple_of(5) {
+            500
+        } else {
+            200
+        }
+    };
+    let plan = (&env.plan, &env.worker);
+    guard_second(&env, plan, "/orders/1", &mut users, 100, fifth);
+    assert_eq!(env.metric(errors), 0);
+    env.tick();
+    assert_eq!(env.metric(errors), 0);
+    let plan = (&env.plan, &env.worker);
+    guard_second(&env, plan, "/orders/1", &mut users, 100, |_, _| 200);
+    env.host.take_log();
+    env.tick();
+    let log = env.host.take_log();
+    assert!(log.contains(&"record_metric"), "{log:?}");
+    let bp = env.metric(errors);
+    assert!((1..10_000).contains(&bp), "{bp}");
+    assert_eq!(env.metric("route.orders.guard.tripped"), 0);
+    // No latency trigger configured: its gauge stays 0.
+    assert_eq!(env.metric(latency), 0);
+    // A trip reads 10,000.
+    let mut seconds = 0;
+    while env.metric("route.orders.guard.tripped") == 0 {
+        assert!(seconds < 5, "no trip after {seconds} s");
+        let plan = (&env.plan, &env.worker);
+        guard_second(&env, plan, "/orders/1", &mut users, 100, service_fails);
+        env.tick();
+        seconds += 1;
+    }
+    assert_eq!(env.metric(errors), 10_000);
+    // The configuration goes: every guard gauge goes to 0.
+    env.live.borrow_mut().leave(&env.host, ID);
+    assert_eq!(env.metric(errors), 0);
+    assert_eq!(env.metric("route.orders.guard.tripped"), 0);
 }
 
 fn shadow_env() -> Env {
@@ -679,6 +786,46 @@ fn a_guard_key_held_by_a_newer_configuration_is_kept() {
     assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
 }
 
+/// A new `.wasm` with the same `vm_id`: fresh VMs (a fresh [`Live`]) on
+/// the same store, while the old VM's configuration leaves with no newer
+/// one of its filter in its VM. The trip must stay in the store for the
+/// new VMs (it did not: the old VM released the guard key on leaving).
+#[test]
+fn a_trip_outlives_the_old_module_s_configuration_leaving() {
+    let env = Env::new(&config(GUARDED, ""));
+    let mut users = 0;
+    let mut seconds = 0;
+    while env.metric("route.orders.guard.tripped") == 0 {
+        assert!(seconds < 5, "no trip after {seconds} s");
+        let plan = (&env.plan, &env.worker);
+        guard_second(&env, plan, "/orders/1", &mut users, 100, service_fails);
+        env.tick();
+        seconds += 1;
+    }
+    // The new module's worker configures, then the old one's goes.
+    let fresh = RefCell::new(Live::default());
+    let (plan, worker) = start(&env.host, &fresh, 7, "p", &config(GUARDED, ""));
+    env.live.borrow_mut().leave(&env.host, ID);
+    tick::tick(&env.host, &plan, &worker, &fresh.borrow(), 7);
+    assert_eq!(env.metric("route.orders.guard.tripped"), 1);
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 0);
+    let to = get_answered(&env.host, &plan, &worker, "/orders/1", "new-user", 200);
+    assert_eq!(to.as_deref(), Some("monolith"));
+    // Another filter's newer configuration in the old worker is no
+    // replacement either: the key stays.
+    let env = Env::new(&config(GUARDED, ""));
+    let key = env.plan.guards[0].as_ref().expect("a guard").key.clone();
+    let mut r = env.get("/orders/1", "u");
+    env.status(&mut r, 200);
+    env.tick();
+    let other = r#"{"name": "auth", "prefix": "/auth/", "service": "auth_service", "percent": 10}"#;
+    let other = format!(r#"{{"monolith": "legacy", "routes": [{other}]}}"#);
+    let _other = env.another(2, "p", &other);
+    env.live.borrow_mut().leave(&env.host, ID);
+    let stored = env.host.store_get(&key).expect("readable");
+    assert!(stored.1.is_some(), "the guard key was released");
+}
+
 /// Issue 20, item 5: two filters with one plugin name in one worker (two
 /// listeners, each with its own configuration). Both live: each ticks its
 /// own keys, neither zeroes the other's gauges, and their breakers are
@@ -723,24 +870,14 @@ fn two_configurations_of_one_plugin_name_both_tick_with_their_own_keys() {
     };
     assert_eq!(to(a, "/orders/1").as_deref(), Some("monolith"));
     assert_eq!(to(b, "/shop/1").as_deref(), Some("orders_service"));
-    // a, the older, still ticks its guard: the service fails, it trips.
-    for i in 0..200 {
-        let user = format!("u{i}");
-        let mut r = request_on(
-            &env.host,
-            a.0,
-            a.1,
-            &[(":method", "GET"), (":path", "/auth/1"), ("x-user", &user)],
-            true,
-        );
-        let service = r.target().as_deref() == Some("auth_service");
-        r.stream
-            .respond(&[(":status", if service { "500" } else { "200" })]);
-        r.exchange
-            .on_response_headers(&env.host, &r.stream, a.0, a.1, true);
+    // a, the older, still ticks its guard: the service fails, it trips
+    // (within 5 s, as in guard_trip_sets_the_share_to_0).
+    let mut users = 0;
+    for _ in 0..5 {
+        guard_second(&env, a, "/auth/1", &mut users, 100, service_fails);
+        env.tick_of(2, b.0, b.1);
+        env.tick_of(ID, a.0, a.1);
     }
-    env.tick_of(2, b.0, b.1);
-    env.tick_of(ID, a.0, a.1);
     assert_eq!(env.metric("route.auth.guard.tripped"), 1);
     assert_eq!(env.metric("route.auth.effective_percent_bp"), 0);
     // a's tick ran its breaker's time-driven work: half-open after the
@@ -1191,21 +1328,29 @@ fn grpc_latency_is_time_to_headers_and_stats_count_by_code() {
 #[test]
 fn grpc_guard_trips_on_the_service_error_rate() {
     let guard = r#", "guard": {"window_s": 30, "min_requests": 20}"#;
+    // The guard judges second by second (after a one-second grace): 40 RPCs
+    // a second, ticked each second, for at most 10 s.
     let env = Env::new(&grpc_config("", guard, 50));
-    for i in 0..400 {
-        let mut r = rpc(&env, &format!("u{i}"));
-        let service = r.target().as_deref() == Some("orders_service");
-        grpc_trailers(&env, &mut r, if service { "14" } else { "0" });
+    for second in 0..10 {
+        for i in 0..40 {
+            let mut r = rpc(&env, &format!("u{second}-{i}"));
+            let service = r.target().as_deref() == Some("orders_service");
+            grpc_trailers(&env, &mut r, if service { "14" } else { "0" });
+        }
+        env.host.advance(1000);
+        env.tick();
     }
-    env.tick();
     assert_eq!(env.metric("route.orders.guard.tripped"), 1);
     // Both sides failing alike (all UNAVAILABLE): no trip.
     let env = Env::new(&grpc_config("", guard, 50));
-    for i in 0..400 {
-        let mut r = rpc(&env, &format!("u{i}"));
-        grpc_trailers(&env, &mut r, "14");
+    for second in 0..10 {
+        for i in 0..40 {
+            let mut r = rpc(&env, &format!("u{second}-{i}"));
+            grpc_trailers(&env, &mut r, "14");
+        }
+        env.host.advance(1000);
+        env.tick();
     }
-    env.tick();
     assert_eq!(env.metric("route.orders.guard.tripped"), 0);
 }
 
@@ -1434,12 +1579,17 @@ fn an_upgraded_connection_stays_on_its_side_and_its_frames_cost_nothing() {
         switch(host, plan, worker, r);
     }
     // The guard trips (service responses 5xx, the monolith's 2xx).
-    for i in 0..200 {
-        let mut r = env.get("/ws/chat", &format!("g{i}"));
-        let service = r.target().as_deref() == Some("chat_service");
-        env.status(&mut r, if service { 500 } else { 200 });
+    // (Judged second by second after a one-second grace: 40 requests a
+    // second, ticked each second, for at most 10 s.)
+    for second in 0..10 {
+        for i in 0..40 {
+            let mut r = env.get("/ws/chat", &format!("g{second}-{i}"));
+            let service = r.target().as_deref() == Some("chat_service");
+            env.status(&mut r, if service { 500 } else { 200 });
+        }
+        host.advance(1000);
+        env.tick();
     }
-    env.tick();
     assert_eq!(env.metric("route.ws.guard.tripped"), 1);
     // Open connections on either side: frames still cost nothing, nothing
     // is rewritten, no local reply; they stay until they close.

@@ -75,6 +75,7 @@ pub fn configure(host: &impl Host, config: Config, filter: u64) -> (Plan, Worker
     let shadows = shadow::define(host, &config, &mut c);
     let plan = Plan {
         grpc,
+        filter,
         shadows,
         unmatched: counters::define(host, &mut c, Kind::Counter, &stats::unmatched_name()),
         stats,
@@ -93,13 +94,16 @@ struct RouteGauges {
     name: String,
     effective_bp: Metric,
     breaker_state: Option<Metric>,
-    guard: Option<(Metric, String)>,
+    /// The guard's gauges (tripped, evidence by reason) and store key.
+    guard: Option<([Metric; 3], String)>,
 }
 
 /// One live configuration: the gauges it sets and the breaker keys it
 /// holds.
 struct Entry {
     id: u32,
+    /// Which filter it belongs to ([`Plan::filter`]).
+    filter: u64,
     gauges: Vec<RouteGauges>,
     breaker_keys: Vec<String>,
 }
@@ -118,8 +122,12 @@ struct Entry {
 /// 2. a route's effective-percent gauge is refreshed by the newest live
 ///    configuration with that route ([`Live::sets_gauge`]);
 /// 3. when a configuration leaves ([`Live::leave`]), the gauges no other
-///    live configuration sets are zeroed and the guard keys no other live
-///    configuration holds are released.
+///    live configuration sets are zeroed, and the guard keys no other live
+///    configuration holds are released if a newer live configuration of
+///    the same filter replaced it here. Without one the worker may be
+///    going with its module (a new `.wasm`: fresh VMs with the same
+///    `vm_id` share the store and read the trip from it), so the key is
+///    left (a few kilobytes) rather than a rollback forgotten.
 #[derive(Default)]
 pub struct Live(Vec<Entry>);
 
@@ -157,6 +165,7 @@ impl Live {
         let earlier = self.remove(id);
         self.0.push(Entry {
             id,
+            filter: plan.filter,
             gauges: gauges(plan),
             breaker_keys: plan
                 .breakers
@@ -165,29 +174,35 @@ impl Live {
                 .map(|b| b.key().to_string())
                 .collect(),
         });
-        if let Some(gone) = earlier {
-            self.clear(host, &gone);
+        if let Some((gone, _)) = earlier {
+            // Its replacement is the configuration just joined.
+            self.clear(host, &gone, true);
         }
     }
 
     /// Unregisters configuration `id` (the host deleted it): zeroes the
     /// gauges only it set (a removed or renamed route, a removed breaker
     /// or guard), so that no dashboard or alert reads a stale value, and
-    /// frees guard state no live configuration uses.
+    /// frees guard state no live configuration uses if a newer one of the
+    /// same filter replaced it (rule 3).
     pub fn leave(&mut self, host: &impl Host, id: u32) {
-        if let Some(gone) = self.remove(id) {
-            self.clear(host, &gone);
+        if let Some((gone, replaced)) = self.remove(id) {
+            self.clear(host, &gone, replaced);
         }
     }
 
-    fn remove(&mut self, id: u32) -> Option<Entry> {
+    /// Removes `id`'s entry; it, and whether a newer live configuration
+    /// of the same filter replaced it.
+    fn remove(&mut self, id: u32) -> Option<(Entry, bool)> {
         let i = self.0.iter().position(|x| x.id == id)?;
-        Some(self.0.remove(i))
+        let gone = self.0.remove(i);
+        let replaced = self.0.iter().skip(i).any(|x| x.filter == gone.filter);
+        Some((gone, replaced))
     }
 
-    /// Zeroes and frees what `gone` set or held and no live configuration
-    /// does.
-    fn clear(&self, host: &impl Host, gone: &Entry) {
+    /// Zeroes what `gone` set and no live configuration does; frees the
+    /// guard keys it held and no live configuration does if `replaced`.
+    fn clear(&self, host: &impl Host, gone: &Entry, replaced: bool) {
         let others = || self.0.iter().flat_map(|x| &x.gauges);
         for g in &gone.gauges {
             let same = || others().filter(|o| o.name == g.name);
@@ -199,11 +214,13 @@ impl Live {
                     counters::record(host, state, 0);
                 }
             }
-            if let Some((tripped, key)) = &g.guard {
+            if let Some((gauges, key)) = &g.guard {
                 if !same().any(|o| o.guard.is_some()) {
-                    counters::record(host, *tripped, 0);
+                    for gauge in gauges {
+                        counters::record(host, *gauge, 0);
+                    }
                 }
-                if !others().any(|o| o.guard.as_ref().is_some_and(|(_, k)| k == key)) {
+                if replaced && !others().any(|o| o.guard.as_ref().is_some_and(|(_, k)| k == key)) {
                     guard::release(host, key);
                 }
             }
@@ -219,11 +236,11 @@ fn gauges(plan: &Plan) -> Vec<RouteGauges> {
                 name: plan.config.routes.get(i)?.name.clone(),
                 effective_bp: plan.stats.get(i)?.effective_bp,
                 breaker_state: plan.breakers.get(i)?.as_ref().map(|b| b.stats.state),
-                guard: plan
-                    .guards
-                    .get(i)?
-                    .as_ref()
-                    .map(|g| (g.stats.tripped, g.key.clone())),
+                guard: plan.guards.get(i)?.as_ref().map(|g| {
+                    let st = &g.stats;
+                    let gauges = [st.tripped, st.evidence_errors, st.evidence_latency];
+                    (gauges, g.key.clone())
+                }),
             })
         })
         .collect()
