@@ -15,7 +15,8 @@
 //! - [`headers`]: the request headers as one serialized map, read in place.
 //! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
-//! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts).
+//! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts,
+//!   learned noise); [`compare`]: JSON bodies compared field by field.
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
 //! - `envoy/` (native only, for the CLI): the Envoy bootstrap a
@@ -37,6 +38,7 @@
 )]
 
 pub mod breaker;
+pub mod compare;
 pub mod config;
 pub mod cookie;
 pub mod decision;

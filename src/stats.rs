@@ -44,9 +44,18 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     ),
     (
         "result",
-        r"^wasmcustom\.traffic_shift\..+(\.result\.(match|status|header|body|timeout|error|skipped))$",
+        r"^wasmcustom\.traffic_shift\..+(\.result\.(match|noise|status|header|body|timeout|error|skipped))$",
     ),
 ];
+
+/// Regexes of [`STATS_TAGS`] as earlier releases wrote them: a bootstrap
+/// that still has one works (`check --envoy` warns about the labels it
+/// misses).
+pub const EARLIER_STATS_TAGS: &[(&str, &str, &str)] = &[(
+    "result",
+    r"^wasmcustom\.traffic_shift\..+(\.result\.(match|status|header|body|timeout|error|skipped))$",
+    "result \"noise\" is not labelled",
+)];
 
 /// What a metric is, for the host's `define_metric`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,7 +213,7 @@ impl<Id> GuardStats<Id> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowStats<Id> {
     /// Index = [`crate::shadow::Verdict::index`].
-    pub results: [Id; 7],
+    pub results: [Id; 8],
 }
 
 impl<Id> ShadowStats<Id> {

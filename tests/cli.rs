@@ -655,6 +655,16 @@ COPY: warning: listener ingress: the traffic_shift filter's failure_policy is FA
 }
 
 #[test]
+fn check_envoy_warns_about_an_earlier_releases_stats_tag() {
+    // A bootstrap generated before the `noise` result existed keeps
+    // working: its other results are labelled; a warning says what is not.
+    let (code, _, err) = lint_copy(|t| t.replacen("(match|noise|status", "(match|status", 1));
+    assert_eq!(code, 0);
+    assert_eq!(err, "COPY: warning: stats_config.stats_tags: tag result has an earlier release's regex: result \"noise\" is not labelled; traffic-shift's stats need '^wasmcustom\\.traffic_shift\\..+(\\.result\\.(match|noise|status|header|body|timeout|error|skipped))$'
+");
+}
+
+#[test]
 fn check_envoy_finds_missing_stats_tags_and_a_missing_filter() {
     let (code, _, err) = lint_copy(|t| {
         t.replacen("  - tag_name: route\n", "  - tag_name: route_name\n", 1)

@@ -23,7 +23,7 @@ use serde_yaml::Value as Yaml;
 use super::{named_clusters, service_clusters};
 use crate::config::{Config, Route};
 use crate::routes::PathMatch;
-use crate::stats::STATS_TAGS;
+use crate::stats::{EARLIER_STATS_TAGS, STATS_TAGS};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -352,10 +352,18 @@ fn check_stats_tags(f: &mut Findings, b: &Yaml) {
             None => f.error(format!(
                 "stats_config.stats_tags has no tag {name} (regex '{regex}'): traffic-shift's stats lose that label"
             )),
-            Some(t) if t["regex"].as_str() != Some(regex) => f.error(format!(
+            Some(t) if t["regex"].as_str() != Some(regex) => match EARLIER_STATS_TAGS
+                .iter()
+                .find(|(n, r, _)| n == name && t["regex"].as_str() == Some(*r))
+            {
+                Some((_, _, missing)) => f.warning(format!(
+                    "stats_config.stats_tags: tag {name} has an earlier release's regex: {missing}; traffic-shift's stats need '{regex}'"
+                )),
+                None => f.error(format!(
                 "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
                 t["regex"].as_str().unwrap_or("")
-            )),
+                )),
+            },
             Some(_) => {}
         }
     }
