@@ -7,6 +7,7 @@
 //! Where things live:
 //! - [`config`]: plugin configuration JSON -> validated [`config::Config`];
 //!   every error names its field path.
+//! - [`fields`]: which fields differ, counted with a process-wide bound.
 //! - [`decision`]: why a request went where it went (traces, access logs).
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`guard`]: rolls a route back when its service does worse than the
@@ -44,6 +45,7 @@ pub mod cookie;
 pub mod decision;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod envoy;
+pub mod fields;
 pub mod flow;
 pub mod guard;
 pub mod hash;

@@ -46,7 +46,20 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
         "result",
         r"^wasmcustom\.traffic_shift\..+(\.result\.(match|noise|status|header|body|timeout|error|skipped))$",
     ),
+    (
+        "field",
+        r"^wasmcustom\.traffic_shift\.route\.[A-Za-z0-9_-]+\.shadow_field(\.field\.([A-Za-z0-9_-]+))\.kind\.(diff|noise)$",
+    ),
+    (
+        "kind",
+        r"^wasmcustom\.traffic_shift\..+\.shadow_field\.field\.[A-Za-z0-9_-]+(\.kind\.(diff|noise))$",
+    ),
 ];
+
+/// Tags of [`STATS_TAGS`] added after the first release: a bootstrap
+/// without them works (those stats keep the label in their name);
+/// `check --envoy` warns.
+pub const NEWER_STATS_TAGS: &[&str] = &["field", "kind"];
 
 /// Regexes of [`STATS_TAGS`] as earlier releases wrote them: a bootstrap
 /// that still has one works (`check --envoy` warns about the labels it

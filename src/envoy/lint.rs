@@ -23,7 +23,7 @@ use serde_yaml::Value as Yaml;
 use super::{named_clusters, service_clusters};
 use crate::config::{Config, Route};
 use crate::routes::PathMatch;
-use crate::stats::{EARLIER_STATS_TAGS, STATS_TAGS};
+use crate::stats::{EARLIER_STATS_TAGS, NEWER_STATS_TAGS, STATS_TAGS};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -349,6 +349,9 @@ fn check_stats_tags(f: &mut Findings, b: &Yaml) {
     let tags = seq(&b["stats_config"]["stats_tags"]);
     for (name, regex) in STATS_TAGS {
         match tags.iter().find(|t| t["tag_name"].as_str() == Some(name)) {
+            None if NEWER_STATS_TAGS.contains(name) => f.warning(format!(
+                "stats_config.stats_tags has no tag {name} (regex '{regex}'), added by a later release: traffic-shift's shadow field counters keep it in their name"
+            )),
             None => f.error(format!(
                 "stats_config.stats_tags has no tag {name} (regex '{regex}'): traffic-shift's stats lose that label"
             )),

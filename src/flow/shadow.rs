@@ -16,14 +16,16 @@ use std::rc::Rc;
 
 use super::counters::{self, Metric};
 use super::{Host, Pending, Plan, Stream, Worker};
+use crate::compare;
 use crate::config::{Config, Target};
+use crate::fields::{self, Admitted, FieldKind, OTHER};
 use crate::headers::HeaderMap;
 use crate::shadow::{
     self, call_timed_out, envoy_local_reply, Answer, Body, BodyCompare, Digest, Ended, Finished,
     LogLimit, Noise, PrimaryEnd, Rules, Sampler, Settings, ShadowEnd, Table, Verdict,
     MAX_HELD_BYTES, SHADOW_HEADER,
 };
-use crate::stats::{LocalCounters, ShadowStats};
+use crate::stats::{Kind, LocalCounters, ShadowStats};
 
 /// A call out, for [`Host::send_call`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +60,12 @@ pub struct Shadows {
     /// Bytes held for shadowed requests (request bodies being collected,
     /// response bodies buffered to be parsed), at most [`MAX_HELD_BYTES`].
     held: Cell<u64>,
+    /// Per route: differing fields counted since the last tick.
+    pending: RefCell<Vec<fields::Pending>>,
+    /// Per route: the fields with a label, as last read from the store.
+    admitted: RefCell<Vec<Admitted>>,
+    /// Host ids of the field counters defined so far, by stat name.
+    ids: RefCell<HashMap<String, Option<u32>>>,
 }
 
 impl Shadows {
@@ -92,6 +100,9 @@ impl Shadows {
             table: RefCell::new(Table::new(rules, noise)),
             logs: RefCell::new(config.routes.iter().map(|_| LogLimit::default()).collect()),
             held: Cell::new(0),
+            pending: RefCell::new(config.routes.iter().map(|_| Default::default()).collect()),
+            admitted: RefCell::new(config.routes.iter().map(|_| Default::default()).collect()),
+            ids: RefCell::new(HashMap::new()),
         }
     }
 
@@ -256,6 +267,9 @@ fn finish(plan: &Plan, worker: &Worker, now: Option<u64>, f: Option<Finished>) {
     count(plan, worker, f.route, f.verdict);
     if !f.verdict.is_mismatch() {
         return;
+    }
+    if let Some(m) = &f.mismatch {
+        count_fields(worker, f.route, &m.fields, FieldKind::Diff);
     }
     let Some(route) = plan.config.routes.get(f.route) else {
         return;
@@ -673,8 +687,77 @@ impl Primary {
     }
 }
 
+/// Counts `fields` (unsanitised) of route `route` until the tick.
+fn count_fields(worker: &Worker, route: usize, names: &[String], kind: FieldKind) {
+    if let Some(p) = worker.shadows.pending.borrow_mut().get_mut(route) {
+        for n in names {
+            p.add(&compare::stat_name(n), kind);
+        }
+    }
+}
+
+/// On the tick: the differing fields counted since the last one reach
+/// their counters. Fields this worker has not seen with a label yet are
+/// proposed in the store (one read, and a compare-and-swap write while the
+/// route has room); a field without a label counts as `other`.
+pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker) {
+    let sh = &worker.shadows;
+    for (i, route) in plan.config.routes.iter().enumerate() {
+        let pending = match sh.pending.borrow_mut().get_mut(i) {
+            Some(p) if !p.is_empty() => std::mem::take(p),
+            _ => continue,
+        };
+        let mut admitted = sh.admitted.borrow_mut();
+        let Some(admitted) = admitted.get_mut(i) else {
+            continue;
+        };
+        let unknown = pending.counts.iter().any(|(f, _, _)| !admitted.has(f));
+        if unknown && !admitted.is_full() {
+            let key = fields::store_key(&route.name);
+            for _ in 0..3 {
+                let Some((bytes, cas)) = host.store_get(&key) else {
+                    break;
+                };
+                let mut a = Admitted::decode(&bytes);
+                let added = a.admit(pending.counts.iter().map(|(f, _, _)| f.as_str()));
+                let stored = !added || host.store_set(&key, Some(&a.encode()), cas);
+                if stored {
+                    *admitted = a;
+                    break;
+                }
+            }
+        }
+        let mut ids = sh.ids.borrow_mut();
+        let mut add = |label: &str, kind: FieldKind, n: u64| {
+            let name = fields::stat_name(&route.name, label, kind);
+            let id = *ids
+                .entry(name)
+                .or_insert_with_key(|name| host.define_metric(Kind::Counter, name));
+            if let Some(id) = id {
+                host.increment_metric(id, n);
+            }
+        };
+        let mut other = pending.other;
+        for (f, k, n) in &pending.counts {
+            if admitted.has(f) {
+                add(f, *k, *n);
+            } else if let Some(o) = other.get_mut(*k as usize) {
+                *o += n;
+            }
+        }
+        for (k, n) in [FieldKind::Diff, FieldKind::Noise].into_iter().zip(other) {
+            if n > 0 {
+                add(OTHER, k, n);
+            }
+        }
+    }
+}
+
 /// [`finish`], reading the clock only for a mismatch.
 fn finish_with(host: &impl Host, plan: &Plan, worker: &Worker, e: Ended) {
+    if let Some(n) = &e.noise {
+        count_fields(worker, n.route, &n.fields, FieldKind::Noise);
+    }
     let now = e
         .finished
         .as_ref()
@@ -767,7 +850,9 @@ pub fn on_answer(
             _ => None,
         };
         let found = worker.shadows.table.borrow_mut().noise_done(token, answer);
-        drop(found);
+        if let Some(n) = found {
+            count_fields(worker, n.route, &n.fields, FieldKind::Noise);
+        }
         return;
     }
     let Some((route, started)) = worker.shadows.table.borrow().awaiting(token) else {

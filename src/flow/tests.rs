@@ -947,3 +947,64 @@ fn a_compressed_json_body_is_skipped_and_a_non_json_one_compared_by_bytes() {
     assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
     assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
 }
+
+#[test]
+fn differing_fields_are_counted_with_a_process_wide_bound() {
+    let env = shadow_env_with(r#""compare_body": "json""#);
+    let second = super::Worker::new(&env.plan);
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    // Every answer carries 50 keys of its own on each side: hostile
+    // randomness. Two workers, 4 requests each.
+    let mut token = 0;
+    for (w, worker) in [&env.worker, &second].into_iter().enumerate() {
+        for i in 0..4 {
+            let keys = |side: &str| {
+                (0..50)
+                    .map(|k| format!(r#""{side}{w}_{i}_{k}": 1"#))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let stream = super::fake::FakeStream::new(&[
+                (":method", "GET"),
+                (":path", "/orders/1"),
+                ("x-user", "u"),
+            ]);
+            let mut x = Exchange::default();
+            x.on_request_headers(&env.host, &stream, &env.plan, worker, true);
+            stream.respond(&ok);
+            x.on_response_headers(&env.host, &stream, &env.plan, worker, false);
+            let body = format!(r#"{{"same": 1, "v": 1, {}}}"#, keys("p"));
+            *stream.chunk.borrow_mut() = body.clone().into_bytes();
+            x.on_response_body(&env.host, &stream, &env.plan, worker, body.len(), true);
+            let b = format!(r#"{{"same": 1, "v": 2, {}}}"#, keys("s"));
+            env.host.answer(&ok, b.as_bytes());
+            token += 1;
+            shadow::on_answer(&env.host, &env.plan, worker, token, 2, b.len());
+        }
+        tick::tick(&env.host, &env.plan, worker, true);
+    }
+    let labels: Vec<String> = env
+        .host
+        .names()
+        .into_iter()
+        .filter(|n| n.contains(".shadow_field."))
+        .collect();
+    assert!(
+        labels.len() <= crate::fields::MAX_FIELDS_PER_ROUTE + 1,
+        "{} labels",
+        labels.len()
+    );
+    let metric = |f: &str| {
+        env.host.metric(&format!(
+            "traffic_shift.route.orders.shadow_field.field.{f}.kind.diff"
+        ))
+    };
+    assert_eq!(metric("v"), 8, "the real field, in both workers");
+    // Per request: /v plus 100 one-sided keys, of which the log names 16
+    // (compare::MAX_FIELDS); the first worker's first tick admits up to
+    // 32 labels, everything else is `other`.
+    let counted: u64 = labels.iter().map(|n| env.host.metric(n)).sum();
+    assert_eq!(counted, 8 * crate::compare::MAX_FIELDS as u64);
+    assert!(metric("other") > 0);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 8);
+}

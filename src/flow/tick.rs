@@ -176,6 +176,7 @@ pub fn publish_shares(host: &impl Host, plan: &Plan, worker: &Worker) {
 /// flushes its counters.
 pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, in_force: bool) {
     counters::flush(host, &worker.counters);
+    shadow::tick(host, plan, worker);
     if !in_force {
         return;
     }
@@ -213,6 +214,7 @@ pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, in_force: bool) {
 pub fn end(host: &impl Host, plan: &Plan, worker: &Worker) {
     shadow::abandon(plan, worker);
     counters::flush(host, &worker.counters);
+    shadow::tick(host, plan, worker);
 }
 
 /// Builds a configuration: the plan, the first worker's state, the gauges
