@@ -136,6 +136,8 @@ pub struct Diff {
     /// Differences found (a path met twice, e.g. two array elements,
     /// counts twice).
     pub count: usize,
+    /// Some differing fields are not in `fields` (the bound).
+    pub truncated: bool,
     /// The first difference's values (`absent` for a key on one side
     /// only), as compact JSON, each at most [`MAX_VALUE_BYTES`].
     pub values: Option<(String, String)>,
@@ -169,13 +171,15 @@ impl Diff {
         if self.values.is_none() {
             self.values = Some((shown(a), shown(b)));
         }
-        if self.fields.len() >= MAX_FIELDS {
+        let n = normalised(path);
+        if self.fields.contains(&n) {
             return;
         }
-        let n = normalised(path);
-        if !self.fields.contains(&n) {
-            self.fields.push(n);
+        if self.fields.len() >= MAX_FIELDS {
+            self.truncated = true;
+            return;
         }
+        self.fields.push(n);
     }
 }
 

@@ -385,6 +385,8 @@ pub struct Differences {
     pub values: Option<(String, String)>,
     /// A body could not be compared (compressed).
     pub body_skipped: bool,
+    /// More JSON fields differ than `fields` names.
+    pub truncated: bool,
 }
 
 /// Where `a` and `b` differ in listed headers and body.
@@ -402,6 +404,7 @@ pub fn differences(rules: &Rules, a: &Answer, b: &Answer) -> Differences {
         (Some(Body::Json(_, x)), Some(Body::Json(_, y))) => {
             let d = compare::diff(x, y, &rules.ignore);
             out.values = d.values;
+            out.truncated = d.truncated;
             out.fields.extend(d.fields);
         }
         (Some(Body::Encoded), _) | (_, Some(Body::Encoded)) => out.body_skipped = true,
@@ -441,7 +444,8 @@ pub fn judge(
         Verdict::Header
     } else if d.body_skipped {
         return (Verdict::Skipped, None);
-    } else if !signal.is_empty() {
+    } else if !signal.is_empty() || d.truncated {
+        // Fields beyond the bound are not known: never taken for noise.
         Verdict::Body
     } else if !d.fields.is_empty() {
         return (Verdict::Noise, None);
