@@ -39,13 +39,12 @@ fn field(m: &Metrics, route: &str, f: &str, kind: &str) -> f64 {
 
 /// The `field` label values of route `route`.
 fn field_labels(m: &Metrics, route: &str) -> Vec<String> {
-    let mut out: Vec<String> = m
-        .0
-        .iter()
-        .filter(|s| s.metric == "traffic_shift_shadow_field")
-        .filter(|s| s.labels.get("route") == Some(route))
-        .filter_map(|s| s.labels.get("field").map(String::from))
-        .collect();
+    let mut out: Vec<String> =
+        m.0.iter()
+            .filter(|s| s.metric == "traffic_shift_shadow_field")
+            .filter(|s| s.labels.get("route") == Some(route))
+            .filter_map(|s| s.labels.get("field").map(String::from))
+            .collect();
     out.sort();
     out.dedup();
     out
@@ -163,14 +162,20 @@ async fn the_noise_baseline_learns_timestamps_and_ids_then_names_the_real_field(
         lines.iter().any(|l| l.contains("differing fields: /price")),
         "{lines:?}"
     );
-    assert!(!log.contains("first field's values"), "values are not logged");
+    assert!(
+        !log.contains("first field's values"),
+        "values are not logged"
+    );
     // The noise calls went to the monolith, marked as such.
-    let seen = reqwest::get(format!("http://{}/__upstream/shadows", stack.upstreams[0].addr))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let seen = reqwest::get(format!(
+        "http://{}/__upstream/shadows",
+        stack.upstreams[0].addr
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .text()
+    .await
+    .unwrap_or_default();
     assert!(seen.contains(r#""x-shift-shadow":"noise""#), "{seen}");
 }
 
@@ -190,16 +195,45 @@ async fn ignore_fields_hold_from_the_first_request_and_text_is_compared_by_bytes
     }
     let m = settled(
         &stack,
-        &[("same", 30.0), ("differ", 30.0), ("text", 30.0), ("textd", 30.0)],
+        &[
+            ("same", 30.0),
+            ("differ", 30.0),
+            ("text", 30.0),
+            ("textd", 30.0),
+        ],
     )
     .await;
-    assert_eq!(result(&m, "same", "match"), 30.0, "{:?}", results(&m, "same"));
-    assert_eq!(result(&m, "differ", "body"), 30.0, "{:?}", results(&m, "differ"));
+    assert_eq!(
+        result(&m, "same", "match"),
+        30.0,
+        "{:?}",
+        results(&m, "same")
+    );
+    assert_eq!(
+        result(&m, "differ", "body"),
+        30.0,
+        "{:?}",
+        results(&m, "differ")
+    );
     assert_eq!(field(&m, "differ", "price", "diff"), 30.0);
     assert_eq!(field_labels(&m, "differ"), ["price"]);
-    assert_eq!(result(&m, "text", "match"), 30.0, "{:?}", results(&m, "text"));
-    assert_eq!(result(&m, "textd", "body"), 30.0, "{:?}", results(&m, "textd"));
-    assert_eq!(field(&m, "textd", "body", "diff"), 30.0, "bytes: field body");
+    assert_eq!(
+        result(&m, "text", "match"),
+        30.0,
+        "{:?}",
+        results(&m, "text")
+    );
+    assert_eq!(
+        result(&m, "textd", "body"),
+        30.0,
+        "{:?}",
+        results(&m, "textd")
+    );
+    assert_eq!(
+        field(&m, "textd", "body", "diff"),
+        30.0,
+        "bytes: field body"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +254,12 @@ async fn the_field_label_stays_bounded_with_hundreds_of_random_keys() {
         labels.len()
     );
     assert!(labels.contains(&"other".to_string()), "{labels:?}");
-    assert_eq!(result(&m, "random", "body"), 60.0, "{:?}", results(&m, "random"));
+    assert_eq!(
+        result(&m, "random", "body"),
+        60.0,
+        "{:?}",
+        results(&m, "random")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

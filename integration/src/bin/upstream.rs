@@ -265,7 +265,11 @@ fn api_body(name: &str, path: &str, n: u64) -> (String, bool) {
     let monolith = name == "monolith";
     if path.contains("/text") {
         let differ = path.contains("/text-differ") && !monolith;
-        let text = if differ { "hello, new world" } else { "hello, world" };
+        let text = if differ {
+            "hello, new world"
+        } else {
+            "hello, world"
+        };
         return (text.to_string(), false);
     }
     let nanos = std::time::SystemTime::now()
