@@ -22,6 +22,10 @@
 //!       exporting them for shadow compare costs every request)
 //!   w0, w5  (s) plus shadow compare (status, content-type, body) at 0 %
 //!       and 5 % of the route's requests
+//!   wj5 (s) plus shadow compare of JSON bodies at 5 %: `compare_body:
+//!       "json"`, three ignore rules, a noise call on 20 % of the shadowed
+//!       requests; its requests carry `x-bare-json`, so the upstreams
+//!       answer ~190-byte JSON bodies with a per-call id and timestamp
 //! then drives each in turn with wrk (same load, interleaved rounds, so
 //! machine drift hits all alike) and reports medians, the per-round ratio
 //! to (b) and the targets of issue 11 as medians of per-round ratios.
@@ -103,6 +107,9 @@ fn split_config_with(n: usize, extra: &str) -> String {
 const GUARD: &str = r#", "guard": {"max_latency_ratio": 2}"#;
 
 /// The bench route's `shadow` member at `percent`.
+/// Shadow compare of JSON bodies (the wj5 variant).
+const SHADOW_JSON: &str = r#", "shadow": {"percent": 5, "compare_headers": ["content-type"], "compare_body": "json", "ignore_fields": ["/id", "/generated_at", "/items/*/etag"], "noise_percent": 20}"#;
+
 fn shadow(percent: u32) -> String {
     format!(
         r#", "shadow": {{"percent": {percent}, "compare_headers": ["content-type"], "compare_body": true}}"#
@@ -252,6 +259,15 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
             base.clone()
                 .with_plugin_config(&split_config_with(1, &shadow(5))),
         ),
+        Variant {
+            headers: &["X-Bare-Json: 1"],
+            ..variant(
+                "wj5",
+                "traffic-shift, split + stats + JSON shadow compare at 5 %",
+                base.clone()
+                    .with_plugin_config(&split_config_with(1, SHADOW_JSON)),
+            )
+        },
     ];
     // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
     // release) with the (s) and (e) configs, to compare in the same run.
@@ -305,6 +321,8 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("body callbacks exported vs not", "s", "snb", 0.0),
     ("+ shadow at 0 % vs split + stats", "w0", "s", 0.0),
     ("+ shadow at 5 % vs split + stats", "w5", "s", 0.0),
+    ("JSON shadow at 5 % vs byte shadow at 5 %", "wj5", "w5", 0.0),
+    ("+ JSON shadow at 5 % vs split + stats", "wj5", "s", 0.0),
     ("p99: + breaker vs SDK floor", "p99:e", "d0", 1.10),
     ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
     ("1,000 routes vs 1: + breaker", "e1k", "e", 0.97),

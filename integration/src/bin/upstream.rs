@@ -19,7 +19,8 @@
 //! monolith, and a real difference on paths containing `/differ`. `GET /__upstream/shadows` lists the method and headers of the
 //! requests that carried `x-shift-shadow` (the last 1,000), as JSON. `--bare` (for load tests) answers
 //! with just the header and the name, to keep the upstream's CPU out of the
-//! way of what is measured.
+//! way of what is measured (a request with `x-bare-json` gets the API
+//! mode's JSON instead: the bench's JSON compare variant).
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -228,6 +229,11 @@ async fn handle(opts: Arc<Opts>, req: Request<hyper::body::Incoming>) -> Respons
     if opts.api.load(Ordering::SeqCst) {
         let (body, json) = api_body(&opts.name, req.uri().path(), n);
         return answer(&opts, status, Bytes::from(body), json, extra);
+    }
+    if opts.bare && req.headers().contains_key("x-bare-json") {
+        // The bench's JSON variant: the API mode's body at `/`.
+        let (body, json) = api_body(&opts.name, "/", n);
+        return answer(&opts, status, Bytes::from(body), json, None);
     }
     if opts.bare {
         return answer(&opts, status, Bytes::from(opts.name.clone()), false, None);
