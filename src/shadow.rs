@@ -1415,3 +1415,67 @@ mod tests {
         assert!(s.repeats_writes());
     }
 }
+
+#[cfg(test)]
+mod noise_simulation {
+    //! The noise rule as users meet it: one field that differs between two
+    //! monolith answers with probability `q`, fed to the real [`Noise`]
+    //! comparison after comparison; the share of runs in which the field
+    //! is taken for noise (a real difference in it is then hidden) after
+    //! `n` old-vs-old comparisons. `cargo test -p traffic-shift --lib
+    //! noise_simulation -- --nocapture` prints the table in the README.
+    use super::*;
+
+    const RUNS: usize = 400;
+    const CHECKPOINTS: [u32; 6] = [2, 10, 50, 200, 1_000, 5_000];
+    const RATES: [f64; 7] = [0.0, 0.02, 0.05, 0.08, 0.15, 0.3, 1.0];
+
+    /// Share of runs with the field noisy at each checkpoint.
+    fn simulate(q: f64, seed: u64) -> Vec<f64> {
+        let mut rng = Sampler::new(seed);
+        let mut noisy = vec![0usize; CHECKPOINTS.len()];
+        let field = vec!["/f".to_string()];
+        for _ in 0..RUNS {
+            let mut n = Noise::default();
+            let mut next = 0;
+            for i in 1..=CHECKPOINTS[CHECKPOINTS.len() - 1] {
+                let differs = rng.draw((q * 10_000.0) as u16);
+                n.learn(if differs { &field } else { &[] });
+                if CHECKPOINTS.get(next) == Some(&i) {
+                    noisy[next] += usize::from(n.is_noisy("/f"));
+                    next += 1;
+                }
+            }
+        }
+        noisy.iter().map(|c| *c as f64 / RUNS as f64).collect()
+    }
+
+    #[test]
+    fn the_noise_rule_over_time() {
+        let mut table = String::from("| q (old vs old) |");
+        for c in CHECKPOINTS {
+            table.push_str(&format!(" n = {c} |"));
+        }
+        table.push_str("\n|---|");
+        table.push_str(&"---:|".repeat(CHECKPOINTS.len()));
+        let mut rows = Vec::new();
+        for (i, q) in RATES.iter().enumerate() {
+            let r = simulate(*q, 7 + i as u64);
+            table.push_str(&format!("\n| {:.0} % |", q * 100.0));
+            for v in &r {
+                table.push_str(&format!(" {:.1} % |", v * 100.0));
+            }
+            rows.push(r);
+        }
+        println!("{table}");
+        // Tolerance: RUNS = 400 runs, a share's standard error is at most
+        // 2.5 points; the bounds below are far from the expected values.
+        let at = |q: usize, c: usize| rows[q][c];
+        assert_eq!(rows[0].iter().sum::<f64>(), 0.0, "never noisy at q = 0");
+        assert_eq!(at(6, 0), 1.0, "q = 100 %: noisy after 2 comparisons");
+        assert!(at(5, 2) > 0.95, "q = 30 %: noisy by 50 comparisons");
+        assert!(at(1, 5) < 0.05, "q = 2 %: not noisy in the long run");
+        assert!(at(2, 5) < 0.05, "q = 5 %: not noisy in the long run");
+        assert!(at(4, 5) > 0.95, "q = 15 %: noisy in the long run");
+    }
+}
