@@ -612,6 +612,13 @@ impl Table {
         self.in_flight.get(route).copied().unwrap_or(0)
     }
 
+    /// Old-vs-old comparisons learned on route `route`.
+    pub fn noise_comparisons(&self, route: usize) -> u32 {
+        self.noise
+            .get(route)
+            .map_or(0, |n| n.borrow().comparisons())
+    }
+
     /// Entries not finished yet.
     pub fn len(&self) -> usize {
         self.entries.len()

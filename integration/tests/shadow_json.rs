@@ -188,7 +188,11 @@ async fn ignore_fields_hold_from_the_first_request_and_text_is_compared_by_bytes
     let config = format!(
         r#"{{"monolith": "monolith", "routes": [{}, {}, {}, {}]}}"#,
         route("same", "/same/", ignore),
-        route("differ", "/differ/", ignore),
+        route(
+            "differ",
+            "/differ/",
+            &format!(r#"{ignore}, "log_values": true"#)
+        ),
         route("text", "/text/", ignore),
         route("textd", "/text-differ/", ignore),
     );
@@ -236,6 +240,18 @@ async fn ignore_fields_hold_from_the_first_request_and_text_is_compared_by_bytes
         field(&m, "textd", "body", "diff"),
         30.0,
         "bytes: field body"
+    );
+    // log_values: the first differing field's two values (price 1 on the
+    // monolith, 2 on the service, whichever served).
+    let log = stack.envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shadow mismatch (body) on route \"differ\""))
+        .unwrap_or_else(|| panic!("no mismatch line:\n{log}"));
+    assert!(
+        line.contains("differing fields: /price; first field's values: 1 vs 2")
+            || line.contains("differing fields: /price; first field's values: 2 vs 1"),
+        "{line}"
     );
 }
 

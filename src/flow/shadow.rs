@@ -111,6 +111,11 @@ impl Shadows {
         self.table.borrow().len()
     }
 
+    /// Old-vs-old comparisons learned on route `route` (in this worker).
+    pub fn noise_comparisons(&self, route: usize) -> u32 {
+        self.table.borrow().noise_comparisons(route)
+    }
+
     /// Bytes held now.
     pub fn held(&self) -> u64 {
         self.held.get()

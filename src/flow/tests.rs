@@ -1008,3 +1008,35 @@ fn differing_fields_are_counted_with_a_process_wide_bound() {
     assert!(metric("other") > 0);
     assert_eq!(env.metric("route.orders.shadow.result.body"), 8);
 }
+
+#[test]
+fn learned_noise_survives_a_configuration_that_keeps_the_route_settings() {
+    let shadow = r#""compare_body": "json", "noise_percent": 100"#;
+    let env = shadow_env_with(shadow);
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    let mut r = env.get("/orders/1", "u");
+    respond_with_body(&env, &mut r, &ok, br#"{"at": 1}"#);
+    env.host.answer(&ok, br#"{"at": 2}"#);
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 2, 2, 9);
+    assert_eq!(env.worker.shadows.noise_comparisons(0), 1);
+    let again = |s: &str| {
+        let c = Config::from_json(
+            config(
+                &format!(
+                    r#"{{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 0,
+                        "shadow": {{"percent": 100, {s}}}}}"#
+                ),
+                "",
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        tick::start(&env.host, "p", c).1
+    };
+    // Same settings (another route config around it is fine): kept.
+    let w = again(shadow);
+    assert_eq!(w.shadows.noise_comparisons(0), 1);
+    // Changed shadow settings: learned afresh.
+    let w = again(r#""compare_body": "json", "noise_percent": 50"#);
+    assert_eq!(w.shadows.noise_comparisons(0), 0);
+}
