@@ -33,7 +33,8 @@
 //! on exit.
 //!
 //! Env: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_CONNECTIONS (32),
-//! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys),
+//! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys;
+//! (b) runs in any case, as the ratios' base),
 //! BENCH_BASELINE_WASM (another build of the filter, run with the (s), (e),
 //! (g) and (w0) configs as s-base, e-base, g-base and w0-base).
 //!
@@ -304,7 +305,8 @@ fn variants(base: &Bootstrap) -> Vec<Variant> {
     }
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
-        out.retain(|v| keep.contains(&v.key));
+        // (b) always runs: every ratio is to it.
+        out.retain(|v| v.key == "b" || keep.contains(&v.key));
     }
     out
 }
@@ -413,7 +415,7 @@ results.json. Variants: a b h c c15 d0 d s s15 s1 s1-15 snb e g s1k e1k w0 w5
 
 Environment:
   BENCH_ROUNDS=5 BENCH_SECONDS=8 BENCH_CONNECTIONS=32  rounds, wrk seconds and connections
-  BENCH_ONLY=s,snb          run only these variants
+  BENCH_ONLY=s,snb          run only these variants (and (b), the base of every ratio)
   BENCH_BASELINE_WASM=FILE  add s-base and e-base: the (s) and (e) configs on another build
   BENCH_OUT=DIR             output directory (target/bench)
   BENCH_PIN=0               do not pin Envoy to CPU 0 and the load to CPU 1";
