@@ -333,6 +333,15 @@ pub fn envoy_local_reply(status: u16, body: &[u8]) -> bool {
             || body.starts_with(b"upstream connect error or disconnect/reset before headers"))
 }
 
+/// Whether a gRPC call's trailers-only `200` is Envoy's own answer: for a
+/// gRPC request Envoy 1.40 turns the same local replies into
+/// `grpc-status: 14` (UNAVAILABLE) with the text as `grpc-message` (seen
+/// running: a call to a refused port). Same limit as
+/// [`envoy_local_reply`]: a service sending that text itself counts too.
+pub fn envoy_grpc_local_reply(grpc_status: &[u8], grpc_message: &[u8]) -> bool {
+    grpc_status == b"14" && envoy_local_reply(503, grpc_message)
+}
+
 /// A response header's value (`None`: absent).
 pub type HeaderValue = Option<Vec<u8>>;
 
@@ -1313,6 +1322,16 @@ mod tests {
         ));
         assert!(!envoy_local_reply(503, b"maintenance"));
         assert!(!envoy_local_reply(500, b"no healthy upstream"));
+        assert!(envoy_grpc_local_reply(
+            b"14",
+            b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+        ));
+        assert!(envoy_grpc_local_reply(b"14", b"no healthy upstream"));
+        assert!(!envoy_grpc_local_reply(
+            b"14",
+            b"orders_service fails this RPC"
+        ));
+        assert!(!envoy_grpc_local_reply(b"13", b"no healthy upstream"));
     }
 
     #[test]

@@ -33,9 +33,9 @@ use crate::config::{Config, Target};
 use crate::fields::{self, Admitted, FieldKind, OTHER};
 use crate::headers::HeaderMap;
 use crate::shadow::{
-    self, call_timed_out, envoy_local_reply, Answer, Body, BodyCompare, Digest, Ended, Finished,
-    LogLimit, Noise, PrimaryEnd, Rules, Sampler, Settings, ShadowEnd, Table, Verdict,
-    MAX_HELD_BYTES, SHADOW_HEADER,
+    self, call_timed_out, envoy_grpc_local_reply, envoy_local_reply, Answer, Body, BodyCompare,
+    Digest, Ended, Finished, LogLimit, Noise, PrimaryEnd, Rules, Sampler, Settings, ShadowEnd,
+    Table, Verdict, MAX_HELD_BYTES, SHADOW_HEADER,
 };
 use crate::stats::{Kind, LocalCounters, ShadowStats};
 
@@ -50,6 +50,8 @@ pub struct Call {
 
 /// Compared last on routes with `grpc`.
 const GRPC_STATUS: &str = "grpc-status";
+/// Read on a call's trailers-only UNAVAILABLE (Envoy's local reply text).
+const GRPC_MESSAGE: &str = "grpc-message";
 
 /// Whether route `route` compares `grpc-status`.
 fn compares_grpc(plan: &Plan, route: usize) -> bool {
@@ -917,10 +919,18 @@ fn read_answer(
         .map(|h| host.call_response_header(h))
         .collect();
     if grpc {
-        headers.push(
-            host.call_response_header(GRPC_STATUS)
-                .or_else(|| host.call_response_trailer(GRPC_STATUS)),
-        );
+        let code = host.call_response_header(GRPC_STATUS);
+        // A trailers-only UNAVAILABLE may be Envoy's own answer.
+        let local = status == 200
+            && body_size == 0
+            && code.as_deref() == Some(b"14")
+            && host
+                .call_response_header(GRPC_MESSAGE)
+                .is_some_and(|m| envoy_grpc_local_reply(b"14", &m));
+        if local {
+            return ShadowEnd::Failed;
+        }
+        headers.push(code.or_else(|| host.call_response_trailer(GRPC_STATUS)));
     }
     ShadowEnd::Answered(Answer {
         status,

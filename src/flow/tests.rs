@@ -1783,3 +1783,33 @@ fn a_grpc_stream_not_shadowed_gives_back_its_admission() {
     assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
     assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
 }
+
+#[test]
+fn a_grpc_shadow_envoy_answered_itself_is_an_error() {
+    // Envoy answers a gRPC call it cannot deliver with a trailers-only
+    // UNAVAILABLE carrying its local-reply text; a service's own
+    // UNAVAILABLE stays a `header` mismatch.
+    let env = grpc_shadow_env(false);
+    for (token, message) in [
+        (1, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
+        (2, "no healthy upstream"),
+        (3, "orders_service fails this RPC"),
+    ] {
+        let mut r = unary_rpc(&env, b"q");
+        grpc_answer(&env, &mut r, b"a", "0");
+        env.host.answer(
+            &[
+                (":status", "200"),
+                ("grpc-status", "14"),
+                ("grpc-message", message),
+            ],
+            b"",
+        );
+        env.host.answer_trailers(&[]);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 3, 0);
+    }
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.error"), 2);
+    assert_eq!(env.metric("route.orders.shadow.result.header"), 1);
+    assert_eq!(env.worker.shadows.in_flight(), 0);
+}
