@@ -17,7 +17,7 @@ use crate::ramp::{self, Step};
 use crate::routes::{Matcher, PathMatch, RouteTable};
 use crate::shadow;
 
-mod json;
+pub mod json;
 
 use json::{Json, ReadError};
 
@@ -1003,6 +1003,9 @@ fn parse_shadow(v: &Json, path: &str, errs: &mut Errors) -> Option<shadow::Setti
             "methods",
             "compare_headers",
             "compare_body",
+            "ignore_fields",
+            "noise_percent",
+            "log_values",
             "timeout_ms",
             "max_body_bytes",
             "max_in_flight",
@@ -1078,11 +1081,28 @@ fn parse_shadow(v: &Json, path: &str, errs: &mut Errors) -> Option<shadow::Setti
         }
     };
     let compare_body = match obj.get("compare_body") {
+        None | Some(Json::Bool(false)) => Some(shadow::BodyCompare::Off),
+        Some(Json::Bool(true)) => Some(shadow::BodyCompare::Bytes),
+        Some(Json::String(m)) if m == "json" => Some(shadow::BodyCompare::Json),
+        Some(other) => {
+            errs.push(
+                obj.path("compare_body"),
+                format!("must be true, false or \"json\", got {other}"),
+            );
+            None
+        }
+    };
+    let ignore_fields = parse_ignore_fields(&obj, compare_body, errs);
+    let noise = match obj.get("noise_percent") {
+        None => Some(0),
+        Some(p) => parse_percent(p, &obj.path("noise_percent"), errs),
+    };
+    let log_values = match obj.get("log_values") {
         None => Some(false),
         Some(Json::Bool(b)) => Some(*b),
         Some(other) => {
             errs.push(
-                obj.path("compare_body"),
+                obj.path("log_values"),
                 format!("must be true or false, got {other}"),
             );
             None
@@ -1096,10 +1116,78 @@ fn parse_shadow(v: &Json, path: &str, errs: &mut Errors) -> Option<shadow::Setti
         methods: methods?,
         compare_headers: compare_headers?,
         compare_body: compare_body?,
+        ignore_fields: ignore_fields?,
+        noise_basis_points: noise?,
+        log_values: log_values?,
         timeout_ms: timeout?.map_or(shadow::DEFAULT_TIMEOUT_MS, |n| n as u32),
         max_body_bytes: max_body?.map_or(shadow::DEFAULT_MAX_BODY_BYTES, |n| n as u32),
         max_in_flight: max_in_flight?.map_or(shadow::DEFAULT_MAX_IN_FLIGHT, |n| n as u32),
     })
+}
+
+/// Most `ignore_fields` entries per route.
+pub const MAX_IGNORE_FIELDS: usize = 64;
+
+/// `ignore_fields`: JSON Pointers (see [`crate::compare`]), only with
+/// `compare_body: "json"`.
+fn parse_ignore_fields(
+    obj: &Obj<'_>,
+    mode: Option<shadow::BodyCompare>,
+    errs: &mut Errors,
+) -> Option<Vec<crate::compare::Pointer>> {
+    let at = obj.path("ignore_fields");
+    let items = match obj.get("ignore_fields") {
+        None => return Some(Vec::new()),
+        Some(Json::Array(items)) => items,
+        Some(other) => {
+            errs.push(at, format!("must be an array, got {}", other.kind()));
+            return None;
+        }
+    };
+    if mode.is_some_and(|m| m != shadow::BodyCompare::Json) {
+        errs.push(
+            at,
+            "applies to JSON bodies only: set compare_body to \"json\"",
+        );
+        return None;
+    }
+    if items.len() > MAX_IGNORE_FIELDS {
+        errs.push(
+            at,
+            format!(
+                "must have at most {MAX_IGNORE_FIELDS} entries, got {}",
+                items.len()
+            ),
+        );
+        return None;
+    }
+    let mut out: Vec<(usize, crate::compare::Pointer)> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        let Json::String(text) = item else {
+            errs.push(here, format!("must be a string, got {}", item.kind()));
+            ok = false;
+            continue;
+        };
+        match crate::compare::Pointer::parse(text) {
+            Ok(p) => {
+                if let Some((first, _)) = out.iter().find(|(_, o)| o.as_str() == p.as_str()) {
+                    errs.push(
+                        here,
+                        format!("duplicate pointer \"{text}\" (first listed at {at}[{first}])"),
+                    );
+                    ok = false;
+                }
+                out.push((i, p));
+            }
+            Err(reason) => {
+                errs.push(here, reason);
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| out.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Percent (0..=100, at most two decimals) -> basis points.

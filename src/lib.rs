@@ -7,6 +7,7 @@
 //! Where things live:
 //! - [`config`]: plugin configuration JSON -> validated [`config::Config`];
 //!   every error names its field path.
+//! - [`fields`]: which fields differ, counted with a process-wide bound.
 //! - [`decision`]: why a request went where it went (traces, access logs).
 //! - [`breaker`]: the outlier-detection state machine (injected clock).
 //! - [`guard`]: rolls a route back when its service does worse than the
@@ -19,7 +20,8 @@
 //! - [`headers`]: the request headers as one serialized map, read in place.
 //! - [`ramp`]: ramp schedules (percent as a function of time), RFC 3339.
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
-//! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts).
+//! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts,
+//!   learned noise); [`compare`]: JSON bodies compared field by field.
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
 //! - `envoy/` (native only, for the CLI): the Envoy bootstrap a
@@ -41,11 +43,13 @@
 )]
 
 pub mod breaker;
+pub mod compare;
 pub mod config;
 pub mod cookie;
 pub mod decision;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod envoy;
+pub mod fields;
 pub mod flow;
 pub mod grpc;
 pub mod guard;

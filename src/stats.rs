@@ -44,7 +44,15 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
     ),
     (
         "result",
-        r"^wasmcustom\.traffic_shift\..+(\.result\.(match|status|header|body|timeout|error|skipped))$",
+        r"^wasmcustom\.traffic_shift\..+(\.result\.(match|noise|status|header|body|timeout|error|skipped))$",
+    ),
+    (
+        "field",
+        r"^wasmcustom\.traffic_shift\.route\.[A-Za-z0-9_-]+\.shadow_field(\.field\.([A-Za-z0-9_-]+))\.kind\.(diff|noise)$",
+    ),
+    (
+        "kind",
+        r"^wasmcustom\.traffic_shift\..+\.shadow_field\.field\.[A-Za-z0-9_-]+(\.kind\.(diff|noise))$",
     ),
 ];
 
@@ -55,6 +63,20 @@ pub const GRPC_STATUS_TAG: (&str, &str) = (
     "grpc_status",
     r"^wasmcustom\.traffic_shift\..+\.grpc_rq(\.code\.([A-Z_]+|other))$",
 );
+
+/// Tags of [`STATS_TAGS`] added after the first release: a bootstrap
+/// without them works (those stats keep the label in their name);
+/// `check --envoy` warns.
+pub const NEWER_STATS_TAGS: &[&str] = &["field", "kind"];
+
+/// Regexes of [`STATS_TAGS`] as earlier releases wrote them: a bootstrap
+/// that still has one works (`check --envoy` warns about the labels it
+/// misses).
+pub const EARLIER_STATS_TAGS: &[(&str, &str, &str)] = &[(
+    "result",
+    r"^wasmcustom\.traffic_shift\..+(\.result\.(match|status|header|body|timeout|error|skipped))$",
+    "result \"noise\" is not labelled",
+)];
 
 /// What a metric is, for the host's `define_metric`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,7 +279,7 @@ impl<Id> GuardStats<Id> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowStats<Id> {
     /// Index = [`crate::shadow::Verdict::index`].
-    pub results: [Id; 7],
+    pub results: [Id; 8],
 }
 
 impl<Id> ShadowStats<Id> {

@@ -698,6 +698,21 @@ fn check_envoy_warns_when_websocket_upgrades_are_refused() {
 }
 
 #[test]
+fn check_envoy_warns_about_an_earlier_releases_stats_tag() {
+    // A bootstrap generated before the `noise` result existed keeps
+    // working: its other results are labelled; a warning says what is not.
+    let (code, _, err) =
+        lint_copy(|t| t.replacen("  - tag_name: field\n", "  - tag_name: field_x\n", 1));
+    assert_eq!(code, 0);
+    assert_eq!(err, "COPY: warning: stats_config.stats_tags has no tag field (regex '^wasmcustom\\.traffic_shift\\.route\\.[A-Za-z0-9_-]+\\.shadow_field(\\.field\\.([A-Za-z0-9_-]+))\\.kind\\.(diff|noise)$'), added by a later release: traffic-shift's shadow field counters keep it in their name
+");
+    let (code, _, err) = lint_copy(|t| t.replacen("(match|noise|status", "(match|status", 1));
+    assert_eq!(code, 0);
+    assert_eq!(err, "COPY: warning: stats_config.stats_tags: tag result has an earlier release's regex: result \"noise\" is not labelled; traffic-shift's stats need '^wasmcustom\\.traffic_shift\\..+(\\.result\\.(match|noise|status|header|body|timeout|error|skipped))$'
+");
+}
+
+#[test]
 fn check_envoy_finds_missing_stats_tags_and_a_missing_filter() {
     let (code, _, err) = lint_copy(|t| {
         t.replacen("  - tag_name: route\n", "  - tag_name: route_name\n", 1)

@@ -1000,7 +1000,7 @@ fn guard_errors_exact_messages() {
 
 #[test]
 fn shadow_defaults_and_overrides() {
-    use traffic_shift::shadow::Settings;
+    use traffic_shift::shadow::{BodyCompare, Settings};
     let c = Config::from_json(route(OK_ROUTE).as_bytes()).unwrap();
     assert_eq!(c.routes[0].shadow, None, "no shadow object: no shadow");
 
@@ -1013,7 +1013,10 @@ fn shadow_defaults_and_overrides() {
             basis_points: 500,
             methods: vec!["GET".into(), "HEAD".into()],
             compare_headers: vec![],
-            compare_body: false,
+            compare_body: BodyCompare::Off,
+            ignore_fields: vec![],
+            noise_basis_points: 0,
+            log_values: false,
             timeout_ms: 1000,
             max_body_bytes: 65536,
             max_in_flight: 64,
@@ -1035,12 +1038,35 @@ fn shadow_defaults_and_overrides() {
             basis_points: 25,
             methods: vec!["GET".into(), "POST".into()],
             compare_headers: vec!["content-type".into(), "etag".into()],
-            compare_body: true,
+            compare_body: BodyCompare::Bytes,
+            ignore_fields: vec![],
+            noise_basis_points: 0,
+            log_values: false,
             timeout_ms: 250,
             max_body_bytes: 0,
             max_in_flight: 1,
         })
     );
+
+    let c = Config::from_json(
+        route(&format!(
+            r#"{OK_ROUTE}, "shadow": {{"percent": 5, "compare_body": "json",
+               "ignore_fields": ["/meta/at", "/items/*/etag", "/a~1b"],
+               "noise_percent": 12.5, "log_values": true}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    let s = c.routes[0].shadow.clone().unwrap();
+    assert_eq!(s.compare_body, BodyCompare::Json);
+    assert_eq!(
+        s.ignore_fields
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>(),
+        ["/meta/at", "/items/*/etag", "/a~1b"]
+    );
+    assert_eq!((s.noise_basis_points, s.log_values), (1250, true));
 }
 
 #[test]
@@ -1051,7 +1077,7 @@ fn shadow_errors_exact_messages() {
         (s("{}"), vec!["routes[0].shadow.percent: is required"]),
         (
             s(r#"{"percent": 5, "method": ["GET"]}"#),
-            vec!["routes[0].shadow.method: unknown field; expected one of: percent, methods, compare_headers, compare_body, timeout_ms, max_body_bytes, max_in_flight"],
+            vec!["routes[0].shadow.method: unknown field; expected one of: percent, methods, compare_headers, compare_body, ignore_fields, noise_percent, log_values, timeout_ms, max_body_bytes, max_in_flight"],
         ),
         (
             s(r#"{"percent": 101}"#),
@@ -1094,7 +1120,40 @@ fn shadow_errors_exact_messages() {
         ),
         (
             s(r#"{"percent": 5, "compare_body": "yes"}"#),
-            vec![r#"routes[0].shadow.compare_body: must be true or false, got "yes""#],
+            vec![r#"routes[0].shadow.compare_body: must be true, false or "json", got "yes""#],
+        ),
+        (
+            s(r#"{"percent": 5, "ignore_fields": ["/at"]}"#),
+            vec![r#"routes[0].shadow.ignore_fields: applies to JSON bodies only: set compare_body to "json""#],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_body": "json", "ignore_fields": "/at"}"#),
+            vec!["routes[0].shadow.ignore_fields: must be an array, got string"],
+        ),
+        (
+            s(r#"{"percent": 5, "compare_body": "json", "ignore_fields": ["at", "", "/a~2", 5, "/x", "/x"]}"#),
+            vec![
+                r#"routes[0].shadow.ignore_fields[0]: must be a JSON Pointer starting with "/", got "at""#,
+                "routes[0].shadow.ignore_fields[1]: must not be empty (the whole document cannot be ignored)",
+                r#"routes[0].shadow.ignore_fields[2]: "~" must be followed by 0 or 1 (RFC 6901), got "/a~2""#,
+                "routes[0].shadow.ignore_fields[3]: must be a string, got number",
+                r#"routes[0].shadow.ignore_fields[5]: duplicate pointer "/x" (first listed at routes[0].shadow.ignore_fields[4])"#,
+            ],
+        ),
+        (
+            s(&format!(
+                r#"{{"percent": 5, "compare_body": "json", "ignore_fields": [{}]}}"#,
+                (0..65).map(|i| format!("\"/f{i}\"")).collect::<Vec<_>>().join(",")
+            )),
+            vec!["routes[0].shadow.ignore_fields: must have at most 64 entries, got 65"],
+        ),
+        (
+            s(r#"{"percent": 5, "noise_percent": 120}"#),
+            vec!["routes[0].shadow.noise_percent: must be between 0 and 100, got 120"],
+        ),
+        (
+            s(r#"{"percent": 5, "log_values": 1}"#),
+            vec!["routes[0].shadow.log_values: must be true or false, got 1"],
         ),
         (
             s(r#"{"percent": 5, "timeout_ms": 0}"#),

@@ -311,3 +311,27 @@ async fn a_unary_shadow_matches_equal_answers_and_not_another_grpc_status() {
     assert_eq!(shadow(&m, "body"), 10.0);
     assert_eq!(shadow(&m, "match"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_shadow_envoy_cannot_deliver_is_an_error() {
+    // The shadow's service is gone: Envoy answers the call itself with a
+    // trailers-only UNAVAILABLE whose grpc-message is its local-reply
+    // text (a client sent straight to that service reads `upstream connect
+    // error or disconnect/reset before headers. reset reason: remote
+    // connection failure`): `error`, not a `header` mismatch (seen
+    // before the rule: 5 of 5 `header`).
+    let same = ["--message", "same"];
+    let mut stack = start(&config(0, SHADOW), &same, &same).await;
+    stack.upstreams[2].stop();
+    let mut c = RateLimitServiceClient::new(channel(&stack).await);
+    for _ in 0..5 {
+        assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut m = stack.envoy.metrics().await;
+    while shadow(&m, "error") + shadow(&m, "header") < 5.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        m = stack.envoy.metrics().await;
+    }
+    assert_eq!((shadow(&m, "error"), shadow(&m, "header")), (5.0, 0.0));
+}

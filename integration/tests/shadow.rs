@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use integration::{client, random_ids, Metrics, Stack, Upstream};
 
 /// Results of route `route`, in the order of the `result` label values.
-const RESULTS: [&str; 7] = [
-    "match", "status", "header", "body", "timeout", "error", "skipped",
+const RESULTS: [&str; 8] = [
+    "match", "noise", "status", "header", "body", "timeout", "error", "skipped",
 ];
 
 fn results(m: &Metrics, route: &str) -> Vec<(&'static str, f64)> {

@@ -299,6 +299,7 @@ fn the_built_filter_exports_only_the_callbacks_it_uses() {
             "proxy_on_memory_allocate",
             "proxy_on_request_body",
             "proxy_on_request_headers",
+            "proxy_on_request_trailers",
             "proxy_on_response_body",
             "proxy_on_response_headers",
             "proxy_on_response_trailers",

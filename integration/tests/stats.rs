@@ -290,7 +290,9 @@ async fn every_metric_the_dashboard_queries_is_served_by_envoy() {
         serde_json::from_str(&integration::Bootstrap::shipped().plugin_config()).unwrap();
     config["routes"][1]["guard"] = serde_json::json!({});
     config["routes"][1]["grpc"] = serde_json::json!({});
-    config["routes"][0]["shadow"] = serde_json::json!({"percent": 100});
+    // JSON compare: the demo upstreams echo the request headers, and the
+    // shadow's carry x-shift-shadow: a differing field for the field panel.
+    config["routes"][0]["shadow"] = serde_json::json!({"percent": 100, "compare_body": "json"});
     let stack = Stack::start(&config.to_string()).await;
     let c = client();
     for p in ["/api/auth/login", "/api/orders/1", "/elsewhere"] {
@@ -300,7 +302,10 @@ async fn every_metric_the_dashboard_queries_is_served_by_envoy() {
     }
     let m = stack
         .envoy
-        .metrics_when(|m| m.names().contains("traffic_shift_upstream_rq_time_bucket"))
+        .metrics_when(|m| {
+            m.names().contains("traffic_shift_upstream_rq_time_bucket")
+                && m.names().contains("traffic_shift_shadow_field")
+        })
         .await;
     let names = m.names();
     for (name, labels) in &wanted {

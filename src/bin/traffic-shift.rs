@@ -326,10 +326,28 @@ fn print_plan(out: &mut String, file: &str, config: &Config, now_ms: u64) {
                 [] => String::new(),
                 h => format!(", headers {}", h.join(", ")),
             };
-            let body = if w.compare_body {
-                format!(", body (up to {} bytes)", w.max_body_bytes)
-            } else {
-                String::new()
+            let body = match w.compare_body {
+                traffic_shift::shadow::BodyCompare::Off => String::new(),
+                traffic_shift::shadow::BodyCompare::Bytes => {
+                    format!(", body (up to {} bytes)", w.max_body_bytes)
+                }
+                traffic_shift::shadow::BodyCompare::Json => {
+                    let ignored = match w.ignore_fields.as_slice() {
+                        [] => String::new(),
+                        f => format!(
+                            ", ignoring {}",
+                            f.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    let noise = match w.noise_basis_points {
+                        0 => String::new(),
+                        bp => format!(", noise baseline on {} of them", percent(bp)),
+                    };
+                    format!(
+                        ", JSON body fields (up to {} bytes{ignored}{noise})",
+                        w.max_body_bytes
+                    )
+                }
             };
             say!(out,
                 "  shadow: {} ({} bp) of {} requests also sent to the side not chosen; compared: status{headers}{body}; timeout {} ms; at most {} in flight per worker",

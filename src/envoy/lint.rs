@@ -26,7 +26,7 @@ use serde_yaml::Value as Yaml;
 use super::{named_clusters, service_clusters};
 use crate::config::{Config, Route};
 use crate::routes::PathMatch;
-use crate::stats::{GRPC_STATUS_TAG, STATS_TAGS};
+use crate::stats::{EARLIER_STATS_TAGS, GRPC_STATUS_TAG, NEWER_STATS_TAGS, STATS_TAGS};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -579,13 +579,24 @@ fn check_stats_tags(f: &mut Findings, b: &Yaml) {
     let tags = seq(&b["stats_config"]["stats_tags"]);
     for (name, regex) in STATS_TAGS {
         match tags.iter().find(|t| t["tag_name"].as_str() == Some(name)) {
+            None if NEWER_STATS_TAGS.contains(name) => f.warning(format!(
+                "stats_config.stats_tags has no tag {name} (regex '{regex}'), added by a later release: traffic-shift's shadow field counters keep it in their name"
+            )),
             None => f.error(format!(
                 "stats_config.stats_tags has no tag {name} (regex '{regex}'): traffic-shift's stats lose that label"
             )),
-            Some(t) if t["regex"].as_str() != Some(regex) => f.error(format!(
+            Some(t) if t["regex"].as_str() != Some(regex) => match EARLIER_STATS_TAGS
+                .iter()
+                .find(|(n, r, _)| n == name && t["regex"].as_str() == Some(*r))
+            {
+                Some((_, _, missing)) => f.warning(format!(
+                    "stats_config.stats_tags: tag {name} has an earlier release's regex: {missing}; traffic-shift's stats need '{regex}'"
+                )),
+                None => f.error(format!(
                 "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
                 t["regex"].as_str().unwrap_or("")
-            )),
+                )),
+            },
             Some(_) => {}
         }
     }

@@ -207,6 +207,14 @@ impl HttpContext for Shift {
         Action::Continue
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(s) = &self.shared {
+            self.exchange
+                .on_request_trailers(&s.host(), &s.plan, &s.worker);
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(s) = &self.shared {
             let (host, plan, worker) = (&s.host(), &s.plan, &s.worker);

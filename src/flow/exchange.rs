@@ -56,6 +56,11 @@ impl Exchange {
         shadow::request_body(host, stream, plan, worker, shadow, body_size, end_of_stream);
     }
 
+    /// The request's trailers: a shadowed request's body is complete.
+    pub fn on_request_trailers(&mut self, host: &impl Host, plan: &Plan, worker: &Worker) {
+        shadow::request_trailers(host, plan, worker, &mut self.shadow);
+    }
+
     /// Response headers: the shadow's side, then the outcome.
     pub fn on_response_headers(
         &mut self,

@@ -64,6 +64,15 @@ impl Fake {
         self.values.borrow().get(&id).copied().unwrap_or(0)
     }
 
+    /// Every metric name defined so far.
+    pub fn names(&self) -> Vec<String> {
+        self.metrics
+            .borrow()
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
     /// A histogram's samples.
     pub fn samples(&self, name: &str) -> Vec<u64> {
         let id = self.id(name).unwrap_or_else(|| panic!("no metric {name}"));

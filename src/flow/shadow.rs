@@ -15,26 +15,44 @@
 //! header, read from the response headers of a trailers-only response or
 //! else from the trailers (the call's answer and the primary's response
 //! alike), so the primary is done at its trailers; with `compare_body` the
-//! message bytes are compared. A gRPC request is shadowed only if its
-//! request body is exactly one message (unary or server-streaming; a
-//! client or bidirectional stream ends `skipped`); a server-streaming
-//! answer would be compared as a whole when both ends finish, so keep
-//! streaming methods out of shadowed routes.
+//! message bytes are compared (a gRPC body is not JSON: its digest, also
+//! under `"json"`). A gRPC request is shadowed only if its request body is
+//! exactly one message (unary or server-streaming; a client or
+//! bidirectional stream ends `skipped`); a server-streaming answer would
+//! be compared as a whole when both ends finish, so keep streaming methods
+//! out of shadowed routes. A gRPC request is a POST: it never gets a noise
+//! call.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use super::counters::{self, Metric};
 use super::{Host, Pending, Plan, Stream, Worker};
+use crate::compare;
 use crate::config::{Config, Target};
+use crate::fields::{self, Admitted, FieldKind, OTHER};
 use crate::headers::HeaderMap;
 use crate::shadow::{
-    self, call_timed_out, Answer, Digest, Finished, LogLimit, PrimaryEnd, Sampler, Settings,
-    ShadowEnd, Table, Verdict, SHADOW_HEADER,
+    self, call_timed_out, envoy_grpc_local_reply, envoy_local_reply, Answer, Body, BodyCompare,
+    Digest, Ended, Finished, LogLimit, Noise, PrimaryEnd, Rules, Sampler, Settings, ShadowEnd,
+    Table, Verdict, MAX_HELD_BYTES, SHADOW_HEADER,
 };
-use crate::stats::{LocalCounters, ShadowStats};
+use crate::stats::{Kind, LocalCounters, ShadowStats};
+
+/// A call out, for [`Host::send_call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub cluster: String,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u32,
+}
 
 /// Compared last on routes with `grpc`.
 const GRPC_STATUS: &str = "grpc-status";
+/// Read on a call's trailers-only UNAVAILABLE (Envoy's local reply text).
+const GRPC_MESSAGE: &str = "grpc-message";
 
 /// Whether route `route` compares `grpc-status`.
 fn compares_grpc(plan: &Plan, route: usize) -> bool {
@@ -52,52 +70,112 @@ fn one_message(body: &[u8]) -> bool {
     }
 }
 
-/// A call out, for [`Host::send_call`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub cluster: String,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    pub body: Option<Vec<u8>>,
-    pub timeout_ms: u32,
-}
+/// The value of [`SHADOW_HEADER`] on a noise call (a shadow call carries
+/// `1`).
+pub const NOISE_VALUE: &[u8] = b"noise";
+
+/// A route's noise and the settings it was learned under.
+type Learned = (Settings, Rc<RefCell<Noise>>);
 
 thread_local! {
     /// Which requests are shadowed (per worker; seeded on first use).
     static SAMPLER: RefCell<Option<Sampler>> = const { RefCell::new(None) };
+    /// The noise learned per route name in this worker, with the settings
+    /// it was learned under: a new configuration keeps a route's noise
+    /// when its `shadow` settings are unchanged. Holds the routes of the
+    /// latest configuration only.
+    static LEARNED: RefCell<HashMap<String, Learned>> = RefCell::new(HashMap::new());
 }
 
 /// One configuration's shadows in one worker.
 pub struct Shadows {
     table: RefCell<Table>,
     logs: RefCell<Vec<LogLimit>>,
+    /// Bytes held for shadowed requests (request bodies being collected,
+    /// response bodies buffered to be parsed), at most [`MAX_HELD_BYTES`].
+    held: Cell<u64>,
+    /// Per route: differing fields counted since the last tick.
+    pending: RefCell<Vec<fields::Pending>>,
+    /// Per route: the fields with a label, as last read from the store.
+    admitted: RefCell<Vec<Admitted>>,
+    /// Host ids of the field counters defined so far, by stat name.
+    ids: RefCell<HashMap<String, Option<u32>>>,
 }
 
 impl Shadows {
     pub fn new(config: &Config) -> Shadows {
-        let names = config
+        let rules = config
             .routes
             .iter()
             .map(|r| {
-                let mut names = r
-                    .shadow
-                    .as_ref()
-                    .map(|s| s.compare_headers.clone())
-                    .unwrap_or_default();
+                let Some(s) = &r.shadow else {
+                    return Rules::default();
+                };
+                let mut rules = Rules::of(s);
                 if r.grpc.is_some() {
-                    names.push(GRPC_STATUS.to_string());
+                    rules.names.push(GRPC_STATUS.to_string());
                 }
-                names
+                rules
             })
             .collect();
+        let noise = LEARNED.with(|l| {
+            let mut old = std::mem::take(&mut *l.borrow_mut());
+            let mut new = HashMap::new();
+            let noise = config
+                .routes
+                .iter()
+                .map(|r| {
+                    let Some(s) = &r.shadow else {
+                        return Rc::new(RefCell::new(Noise::default()));
+                    };
+                    let n = match old.remove(&r.name) {
+                        Some((was, n)) if was == *s => n,
+                        _ => Rc::new(RefCell::new(Noise::default())),
+                    };
+                    new.insert(r.name.clone(), (s.clone(), n.clone()));
+                    n
+                })
+                .collect();
+            *l.borrow_mut() = new;
+            noise
+        });
         Shadows {
-            table: RefCell::new(Table::new(names)),
+            table: RefCell::new(Table::new(rules, noise)),
             logs: RefCell::new(config.routes.iter().map(|_| LogLimit::default()).collect()),
+            held: Cell::new(0),
+            pending: RefCell::new(config.routes.iter().map(|_| Default::default()).collect()),
+            admitted: RefCell::new(config.routes.iter().map(|_| Default::default()).collect()),
+            ids: RefCell::new(HashMap::new()),
         }
     }
 
     /// Shadows sent and not finished.
     pub fn in_flight(&self) -> usize {
         self.table.borrow().len()
+    }
+
+    /// Old-vs-old comparisons learned on route `route` (in this worker).
+    pub fn noise_comparisons(&self, route: usize) -> u32 {
+        self.table.borrow().noise_comparisons(route)
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.get()
+    }
+
+    /// Takes `n` more bytes if the worker's bound allows.
+    fn hold(&self, n: u64) -> bool {
+        let total = self.held.get().saturating_add(n);
+        if total > MAX_HELD_BYTES {
+            return false;
+        }
+        self.held.set(total);
+        true
+    }
+
+    fn unhold(&self, n: u64) {
+        self.held.set(self.held.get().saturating_sub(n));
     }
 }
 
@@ -119,16 +197,46 @@ pub fn define(
         .collect()
 }
 
+/// The primary's response body as it is read.
+enum Reading {
+    /// Bodies not compared.
+    Off,
+    /// `compare_body: true`: streamed into a digest, chunks not kept.
+    Digest(Digest),
+    /// `"json"`: buffered (the bytes counted in the worker's held bytes),
+    /// with the response's `content-type` and `content-encoding`.
+    Buffer {
+        bytes: Vec<u8>,
+        content_type: Option<Vec<u8>>,
+        encoding: Option<Vec<u8>>,
+    },
+}
+
+impl Reading {
+    fn len(&self) -> u64 {
+        match self {
+            Reading::Off => 0,
+            Reading::Digest(d) => d.len(),
+            Reading::Buffer { bytes, .. } => bytes.len() as u64,
+        }
+    }
+}
+
 /// What the primary's side of a shadowed request is doing.
 enum Phase {
-    /// The request has a body: collecting it for the call.
-    Collecting(Call, String),
-    /// The call is out; the response is being read (`digest` with
-    /// `compare_body`, until its last chunk).
+    /// Admitted; the request has a body: collecting it for the call (its
+    /// bytes counted in the worker's held bytes). `noise`: a noise call
+    /// was admitted too.
+    Collecting {
+        call: Call,
+        request: String,
+        noise: bool,
+    },
+    /// The call is out; the response is being read.
     Answering {
         token: u32,
         answer: Option<Answer>,
-        digest: Option<Digest>,
+        body: Reading,
     },
     Done,
 }
@@ -143,14 +251,36 @@ pub struct Primary {
     phase: Phase,
 }
 
+impl Primary {
+    /// Bytes this request holds in the worker's count.
+    fn held(&self) -> u64 {
+        match &self.phase {
+            Phase::Collecting { call, .. } => call.body.as_ref().map_or(0, |b| b.len() as u64),
+            Phase::Answering {
+                body: b @ Reading::Buffer { .. },
+                ..
+            } => b.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The stream is gone: a primary not finished ends as `skipped` (its body
-/// was still being collected) or incomplete.
+/// was still being collected: the admitted calls are released) or
+/// incomplete.
 pub fn end(host: &impl Host, plan: &Plan, worker: &Worker, primary: &mut Option<Primary>) {
     let Some(mut p) = primary.take() else {
         return;
     };
+    worker.shadows.unhold(p.held());
     match std::mem::replace(&mut p.phase, Phase::Done) {
-        Phase::Collecting(..) => {
+        Phase::Collecting { noise, .. } => {
+            let mut t = worker.shadows.table.borrow_mut();
+            t.release(p.route);
+            if noise {
+                t.release(p.route);
+            }
+            drop(t);
             count(plan, worker, p.route, Verdict::Skipped);
         }
         Phase::Answering { token, .. } => {
@@ -188,6 +318,9 @@ fn finish(plan: &Plan, worker: &Worker, now: Option<u64>, f: Option<Finished>) {
     if !f.verdict.is_mismatch() {
         return;
     }
+    if let Some(m) = &f.mismatch {
+        count_fields(worker, f.route, &m.fields, FieldKind::Diff);
+    }
     let Some(route) = plan.config.routes.get(f.route) else {
         return;
     };
@@ -205,6 +338,7 @@ fn finish(plan: &Plan, worker: &Worker, now: Option<u64>, f: Option<Finished>) {
             Target::Monolith => Target::Service,
             Target::Service => Target::Monolith,
         };
+        let values = route.shadow.as_ref().is_some_and(|s| s.log_values);
         log::warn!(
             "{}",
             shadow::mismatch_line(
@@ -212,7 +346,8 @@ fn finish(plan: &Plan, worker: &Worker, now: Option<u64>, f: Option<Finished>) {
                 &f,
                 plan.config.cluster(route, f.primary),
                 plan.config.cluster(route, other),
-                held
+                held,
+                values
             )
         );
     }
@@ -253,7 +388,10 @@ fn forwarded(config: &Config, name: &[u8]) -> bool {
 }
 
 /// After the decision: draws whether this request is shadowed and, if so,
-/// sends the shadow (or starts collecting the request body for it).
+/// admits it (it counts in `max_in_flight` from here) and sends the shadow
+/// (or starts collecting the request body for it). A request of a method
+/// without side effects is also drawn for a noise call (`noise_percent`),
+/// admitted if `max_in_flight` leaves room for it too.
 /// `headers`: the request headers the request path read (read again here
 /// if that build read them one by one).
 #[allow(clippy::too_many_arguments)]
@@ -290,10 +428,23 @@ pub fn start(
     if !s.shadows_method(method) || map.get(b"upgrade").is_some() {
         return;
     }
-    if !worker.shadows.table.borrow().admits(route, s.max_in_flight) {
+    if !worker
+        .shadows
+        .table
+        .borrow_mut()
+        .admit(route, s.max_in_flight)
+    {
         count(plan, worker, route, Verdict::Skipped);
         return;
     }
+    let noise = s.noise_basis_points > 0
+        && shadow::is_safe(method)
+        && draw(host, s.noise_basis_points)
+        && worker
+            .shadows
+            .table
+            .borrow_mut()
+            .admit(route, s.max_in_flight);
     let Some(r) = plan.config.routes.get(route) else {
         return;
     };
@@ -318,7 +469,11 @@ pub fn start(
         route,
         target,
         grpc: p.grpc && compares_grpc(plan, route),
-        phase: Phase::Collecting(call, request),
+        phase: Phase::Collecting {
+            call,
+            request,
+            noise,
+        },
     };
     if end_of_stream {
         p.dispatch(host, plan, worker);
@@ -327,7 +482,7 @@ pub fn start(
 }
 
 /// A request body chunk of a shadowed request: copied for the call (up to
-/// `max_body_bytes`; more: `skipped`).
+/// `max_body_bytes` and the worker's [`MAX_HELD_BYTES`]; more: `skipped`).
 pub fn request_body(
     host: &impl Host,
     stream: &impl Stream,
@@ -340,22 +495,36 @@ pub fn request_body(
     let Some(p) = primary else {
         return;
     };
-    let Phase::Collecting(call, _) = &mut p.phase else {
+    let Phase::Collecting { call, .. } = &mut p.phase else {
         return;
     };
     let max = settings(plan, p.route).map_or(0, |s| s.max_body_bytes as usize);
     let body = call.body.get_or_insert_with(Vec::new);
-    if body.len() + body_size > max {
+    if body.len() + body_size > max || !worker.shadows.hold(body_size as u64) {
         // Ending it counts `skipped`.
         end(host, plan, worker, primary);
         return;
     }
     if body_size > 0 {
-        if let Some(chunk) = stream.request_body(body_size) {
-            body.extend_from_slice(&chunk);
+        match stream.request_body(body_size) {
+            Some(chunk) if chunk.len() == body_size => body.extend_from_slice(&chunk),
+            _ => worker.shadows.unhold(body_size as u64),
         }
     }
     if end_of_stream {
+        p.dispatch(host, plan, worker);
+    }
+}
+
+/// The request's trailers: its body is complete, the call goes (without
+/// the trailers: a call out carries none).
+pub fn request_trailers(
+    host: &impl Host,
+    plan: &Plan,
+    worker: &Worker,
+    primary: &mut Option<Primary>,
+) {
+    if let Some(p) = primary {
         p.dispatch(host, plan, worker);
     }
 }
@@ -373,7 +542,7 @@ pub fn response_headers(
     let Some(p) = primary else {
         return;
     };
-    let Phase::Answering { answer, digest, .. } = &mut p.phase else {
+    let Phase::Answering { answer, body, .. } = &mut p.phase else {
         return;
     };
     let Some(s) = settings(plan, p.route) else {
@@ -399,12 +568,18 @@ pub fn response_headers(
         status,
         headers,
         body: None,
-        body_len: 0,
+        body_len: None,
     });
-    if s.compare_body {
-        *digest = Some(Digest::default());
-    }
-    if end_of_stream || (!s.compare_body && !trailers) {
+    *body = match s.compare_body {
+        BodyCompare::Off => Reading::Off,
+        BodyCompare::Bytes => Reading::Digest(Digest::default()),
+        BodyCompare::Json => Reading::Buffer {
+            bytes: Vec::new(),
+            content_type: stream.response_header("content-type"),
+            encoding: stream.response_header("content-encoding"),
+        },
+    };
+    if end_of_stream || (s.compare_body == BodyCompare::Off && !trailers) {
         p.primary_done(host, plan, worker);
     }
 }
@@ -436,7 +611,8 @@ pub fn response_trailers(
 }
 
 /// A response body chunk of a shadowed request: into the digest (the chunk
-/// is not kept), up to `max_body_bytes`.
+/// is not kept) or, for `"json"`, the buffer; up to `max_body_bytes`
+/// (and the worker's [`MAX_HELD_BYTES`] for a buffer).
 pub fn response_body(
     host: &impl Host,
     stream: &impl Stream,
@@ -449,21 +625,28 @@ pub fn response_body(
     let Some(p) = primary else {
         return;
     };
-    let Phase::Answering {
-        digest: Some(d), ..
-    } = &mut p.phase
-    else {
+    let Phase::Answering { body, .. } = &mut p.phase else {
         return;
     };
+    if matches!(body, Reading::Off) {
+        return;
+    }
     let max = settings(plan, p.route).map_or(0, |s| u64::from(s.max_body_bytes));
-    let seen = d.len() + body_size as u64;
-    if seen > max {
+    let seen = body.len() + body_size as u64;
+    let buffered = matches!(body, Reading::Buffer { .. });
+    if seen > max || (buffered && !worker.shadows.hold(body_size as u64)) {
         p.too_large(host, plan, worker, seen);
         return;
     }
     if body_size > 0 {
-        if let Some(chunk) = stream.response_body(body_size) {
-            d.update(&chunk);
+        let chunk = stream.response_body(body_size);
+        match (body, chunk) {
+            (Reading::Digest(d), Some(c)) => d.update(&c),
+            (Reading::Buffer { bytes, .. }, Some(c)) if c.len() == body_size => {
+                bytes.extend_from_slice(&c)
+            }
+            (Reading::Buffer { .. }, _) => worker.shadows.unhold(body_size as u64),
+            _ => {}
         }
     }
     if end_of_stream {
@@ -472,47 +655,108 @@ pub fn response_body(
 }
 
 impl Primary {
-    /// Sends the collected call; counts `error` if the host refuses it.
+    /// Sends the collected call (and its noise call); counts `error` if
+    /// the host refuses it.
     fn dispatch(&mut self, host: &impl Host, plan: &Plan, worker: &Worker) {
-        let Phase::Collecting(call, request) = std::mem::replace(&mut self.phase, Phase::Done)
+        let held = self.held();
+        let Phase::Collecting {
+            call,
+            request,
+            noise,
+        } = std::mem::replace(&mut self.phase, Phase::Done)
         else {
             return;
         };
+        worker.shadows.unhold(held);
         if self.grpc && !call.body.as_deref().is_some_and(one_message) {
+            let mut t = worker.shadows.table.borrow_mut();
+            t.release(self.route);
+            if noise {
+                t.release(self.route);
+            }
+            drop(t);
             count(plan, worker, self.route, Verdict::Skipped);
             return;
         }
+        let noise_call = noise
+            .then(|| {
+                let r = plan.config.routes.get(self.route)?;
+                let mut c = call.clone();
+                c.cluster = plan.config.cluster(r, Target::Monolith).to_string();
+                if let Some((_, v)) = c
+                    .headers
+                    .iter_mut()
+                    .find(|(k, _)| k == SHADOW_HEADER.as_bytes())
+                {
+                    *v = NOISE_VALUE.to_vec();
+                }
+                Some(c)
+            })
+            .flatten();
         match host.send_call(call) {
             Some(token) => {
-                worker.shadows.table.borrow_mut().start(
+                let noise_token = noise_call.and_then(|c| host.send_call(c));
+                let mut t = worker.shadows.table.borrow_mut();
+                if noise && noise_token.is_none() {
+                    t.release(self.route);
+                }
+                t.start(
                     token,
                     self.route,
                     self.target,
                     request,
                     host.now_ms(),
+                    noise_token,
                 );
                 self.phase = Phase::Answering {
                     token,
                     answer: None,
-                    digest: None,
+                    body: Reading::Off,
                 };
             }
-            None => count(plan, worker, self.route, Verdict::Error),
+            None => {
+                let mut t = worker.shadows.table.borrow_mut();
+                t.release(self.route);
+                if noise {
+                    t.release(self.route);
+                }
+                drop(t);
+                count(plan, worker, self.route, Verdict::Error);
+            }
         }
     }
 
     fn primary_done(&mut self, host: &impl Host, plan: &Plan, worker: &Worker) {
+        let held = self.held();
         let Phase::Answering {
             token,
             answer: Some(mut a),
-            digest,
+            body,
         } = std::mem::replace(&mut self.phase, Phase::Done)
         else {
             return;
         };
-        if let Some(d) = digest {
-            a.body_len = d.len();
-            a.body = Some(d);
+        worker.shadows.unhold(held);
+        let mode = settings(plan, self.route).map_or(BodyCompare::Off, |s| s.compare_body);
+        match body {
+            Reading::Off => {}
+            Reading::Digest(d) => {
+                a.body_len = Some(d.len());
+                a.body = Some(Body::Bytes(d));
+            }
+            Reading::Buffer {
+                bytes,
+                content_type,
+                encoding,
+            } => {
+                a.body_len = Some(bytes.len() as u64);
+                a.body = Some(Body::read(
+                    mode,
+                    &bytes,
+                    content_type.as_deref(),
+                    encoding.as_deref(),
+                ));
+            }
         }
         let f = worker
             .shadows
@@ -523,11 +767,13 @@ impl Primary {
     }
 
     fn too_large(&mut self, host: &impl Host, plan: &Plan, worker: &Worker, body_len: u64) {
+        let held = self.held();
         let Phase::Answering { token, answer, .. } =
             std::mem::replace(&mut self.phase, Phase::Done)
         else {
             return;
         };
+        worker.shadows.unhold(held);
         let status = answer.map_or(0, |a| a.status);
         let f = worker
             .shadows
@@ -538,17 +784,168 @@ impl Primary {
     }
 }
 
+/// Counts `fields` (unsanitised) of route `route` until the tick.
+fn count_fields(worker: &Worker, route: usize, names: &[String], kind: FieldKind) {
+    if let Some(p) = worker.shadows.pending.borrow_mut().get_mut(route) {
+        for n in names {
+            p.add(&compare::stat_name(n), kind);
+        }
+    }
+}
+
+/// On the tick: the differing fields counted since the last one reach
+/// their counters. Fields this worker has not seen with a label yet are
+/// proposed in the store (one read, and a compare-and-swap write while the
+/// route has room); a field without a label counts as `other`.
+pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker) {
+    let sh = &worker.shadows;
+    for (i, route) in plan.config.routes.iter().enumerate() {
+        let pending = match sh.pending.borrow_mut().get_mut(i) {
+            Some(p) if !p.is_empty() => std::mem::take(p),
+            _ => continue,
+        };
+        let mut admitted = sh.admitted.borrow_mut();
+        let Some(admitted) = admitted.get_mut(i) else {
+            continue;
+        };
+        let unknown = pending.counts.iter().any(|(f, _, _)| !admitted.has(f));
+        if unknown && !admitted.is_full() {
+            let key = fields::store_key(&route.name);
+            for _ in 0..3 {
+                let Some((bytes, cas)) = host.store_get(&key) else {
+                    break;
+                };
+                let mut a = Admitted::decode(&bytes);
+                let added = a.admit(pending.counts.iter().map(|(f, _, _)| f.as_str()));
+                let stored = !added || host.store_set(&key, Some(&a.encode()), cas);
+                if stored {
+                    *admitted = a;
+                    break;
+                }
+            }
+        }
+        let mut ids = sh.ids.borrow_mut();
+        let mut add = |label: &str, kind: FieldKind, n: u64| {
+            let name = fields::stat_name(&route.name, label, kind);
+            let id = *ids
+                .entry(name)
+                .or_insert_with_key(|name| host.define_metric(Kind::Counter, name));
+            if let Some(id) = id {
+                host.increment_metric(id, n);
+            }
+        };
+        let mut other = pending.other;
+        for (f, k, n) in &pending.counts {
+            if admitted.has(f) {
+                add(f, *k, *n);
+            } else if let Some(o) = other.get_mut(*k as usize) {
+                *o += n;
+            }
+        }
+        for (k, n) in [FieldKind::Diff, FieldKind::Noise].into_iter().zip(other) {
+            if n > 0 {
+                add(OTHER, k, n);
+            }
+        }
+    }
+}
+
 /// [`finish`], reading the clock only for a mismatch.
-fn finish_with(host: &impl Host, plan: &Plan, worker: &Worker, f: Option<Finished>) {
-    let now = f
+fn finish_with(host: &impl Host, plan: &Plan, worker: &Worker, e: Ended) {
+    if let Some(n) = &e.noise {
+        count_fields(worker, n.route, &n.fields, FieldKind::Noise);
+    }
+    let now = e
+        .finished
         .as_ref()
         .filter(|f| f.verdict.is_mismatch())
         .map(|_| host.now_ms());
-    finish(plan, worker, now, f);
+    finish(plan, worker, now, e.finished);
 }
 
-/// The host delivers a call's answer: what the shadow answered
-/// (`num_headers` 0: the call failed).
+/// The answer being delivered, as `s` compares it: status, listed
+/// headers (`grpc`: then `grpc-status`, from the headers of a
+/// trailers-only answer or else the trailers), body; not an answer when
+/// the call failed, timed out, or Envoy answered it itself.
+fn read_answer(
+    host: &impl Host,
+    s: &Settings,
+    grpc: bool,
+    num_headers: usize,
+    body_size: usize,
+    elapsed_ms: u64,
+) -> ShadowEnd {
+    let status = (num_headers > 0)
+        .then(|| host.call_response_header(":status"))
+        .flatten()
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+    let compared = s.compare_body != BodyCompare::Off && body_size <= s.max_body_bytes as usize;
+    let small_503 = status == Some(503) && body_size <= shadow::LOCAL_REPLY_MAX_BYTES;
+    let timeout_504 = status == Some(504) && body_size == shadow::TIMEOUT_BODY.len();
+    let body = (body_size > 0 && (compared || small_503 || timeout_504))
+        .then(|| host.call_response_body(body_size))
+        .flatten();
+    let bytes = body.as_deref().unwrap_or_default();
+    if call_timed_out(
+        status,
+        timeout_504.then_some(bytes),
+        elapsed_ms,
+        s.timeout_ms,
+    ) {
+        return ShadowEnd::TimedOut;
+    }
+    let Some(status) = status else {
+        return ShadowEnd::Failed;
+    };
+    if small_503 && envoy_local_reply(status, bytes) {
+        return ShadowEnd::Failed;
+    }
+    if s.compare_body != BodyCompare::Off && !compared {
+        return ShadowEnd::TooLarge {
+            status,
+            body_len: body_size as u64,
+        };
+    }
+    let body = compared.then(|| {
+        let (ct, enc) = if s.compare_body == BodyCompare::Json {
+            (
+                host.call_response_header("content-type"),
+                host.call_response_header("content-encoding"),
+            )
+        } else {
+            (None, None)
+        };
+        Body::read(s.compare_body, bytes, ct.as_deref(), enc.as_deref())
+    });
+    let mut headers: Vec<_> = s
+        .compare_headers
+        .iter()
+        .map(|h| host.call_response_header(h))
+        .collect();
+    if grpc {
+        let code = host.call_response_header(GRPC_STATUS);
+        // A trailers-only UNAVAILABLE may be Envoy's own answer.
+        let local = status == 200
+            && body_size == 0
+            && code.as_deref() == Some(b"14")
+            && host
+                .call_response_header(GRPC_MESSAGE)
+                .is_some_and(|m| envoy_grpc_local_reply(b"14", &m));
+        if local {
+            return ShadowEnd::Failed;
+        }
+        headers.push(code.or_else(|| host.call_response_trailer(GRPC_STATUS)));
+    }
+    ShadowEnd::Answered(Answer {
+        status,
+        headers,
+        body,
+        body_len: compared.then_some(body_size as u64),
+    })
+}
+
+/// The host delivers a call's answer: what the shadow (or a noise call)
+/// answered (`num_headers` 0: the call failed).
 pub fn on_answer(
     host: &impl Host,
     plan: &Plan,
@@ -557,59 +954,37 @@ pub fn on_answer(
     num_headers: usize,
     body_size: usize,
 ) {
+    let noise_route = worker.shadows.table.borrow().awaiting_noise(token);
+    if let Some(route) = noise_route {
+        let Some(s) = settings(plan, route) else {
+            return;
+        };
+        let answer = match read_answer(
+            host,
+            s,
+            compares_grpc(plan, route),
+            num_headers,
+            body_size,
+            0,
+        ) {
+            ShadowEnd::Answered(a) => Some(a),
+            _ => None,
+        };
+        let found = worker.shadows.table.borrow_mut().noise_done(token, answer);
+        if let Some(n) = found {
+            count_fields(worker, n.route, &n.fields, FieldKind::Noise);
+        }
+        return;
+    }
     let Some((route, started)) = worker.shadows.table.borrow().awaiting(token) else {
         return;
     };
     let Some(s) = settings(plan, route) else {
         return;
     };
-    let status = (num_headers > 0)
-        .then(|| host.call_response_header(":status"))
-        .flatten()
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
     let elapsed = host.now_ms().saturating_sub(started);
-    let timeout_body = (status == Some(504) && body_size == shadow::TIMEOUT_BODY.len())
-        .then(|| host.call_response_body(body_size))
-        .flatten();
-    let end = match status {
-        _ if call_timed_out(status, timeout_body.as_deref(), elapsed, s.timeout_ms) => {
-            ShadowEnd::TimedOut
-        }
-        None => ShadowEnd::Failed,
-        Some(status) if s.compare_body && body_size > s.max_body_bytes as usize => {
-            ShadowEnd::TooLarge {
-                status,
-                body_len: body_size as u64,
-            }
-        }
-        Some(status) => {
-            let body = s.compare_body.then(|| {
-                let bytes = if body_size > 0 {
-                    host.call_response_body(body_size).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                Digest::of(&bytes)
-            });
-            let mut headers: Vec<_> = s
-                .compare_headers
-                .iter()
-                .map(|h| host.call_response_header(h))
-                .collect();
-            if compares_grpc(plan, route) {
-                headers.push(
-                    host.call_response_header(GRPC_STATUS)
-                        .or_else(|| host.call_response_trailer(GRPC_STATUS)),
-                );
-            }
-            ShadowEnd::Answered(Answer {
-                status,
-                headers,
-                body,
-                body_len: body_size as u64,
-            })
-        }
-    };
+    let grpc = compares_grpc(plan, route);
+    let end = read_answer(host, s, grpc, num_headers, body_size, elapsed);
     let f = worker.shadows.table.borrow_mut().shadow_done(token, end);
     finish_with(host, plan, worker, f);
 }

@@ -1731,3 +1731,473 @@ fn an_upgrade_is_never_shadowed() {
         assert_eq!(env.metric(&name), 0, "{name}");
     }
 }
+
+/// A shadow route with `shadow` settings `s` (JSON object members).
+fn shadow_env_with(s: &str) -> Env {
+    Env::new(&config(
+        &format!(
+            r#"{{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 0,
+                "shadow": {{"percent": 100, {s}}}}}"#
+        ),
+        "",
+    ))
+}
+
+fn post(env: &Env) -> Req {
+    env.request(
+        &[(":method", "POST"), (":path", "/orders/1"), ("x-user", "u")],
+        false,
+    )
+}
+
+fn send_body(env: &Env, r: &mut Req, chunk: &[u8], end: bool) {
+    *r.stream.chunk.borrow_mut() = chunk.to_vec();
+    r.exchange.on_request_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        chunk.len(),
+        end,
+    );
+}
+
+/// The primary answers `headers` and `body` (one chunk, end of stream).
+fn respond_with_body(env: &Env, r: &mut Req, headers: &[(&str, &str)], body: &[u8]) {
+    r.stream.respond(headers);
+    r.exchange
+        .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+    *r.stream.chunk.borrow_mut() = body.to_vec();
+    r.exchange.on_response_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        true,
+    );
+}
+
+#[test]
+fn max_in_flight_counts_a_shadow_from_its_admission() {
+    // Before: the cap was checked at the request headers but counted at
+    // dispatch, so uploads still collecting their body all passed it.
+    let env = shadow_env_with(r#""methods": ["POST"], "max_in_flight": 1"#);
+    let mut a = post(&env);
+    let mut b = post(&env);
+    send_body(&env, &mut a, b"one", true);
+    send_body(&env, &mut b, b"two", true);
+    assert_eq!(env.host.calls.borrow().len(), 1, "one call: the cap is 1");
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
+    // A request that never sends its body gives its place back.
+    env.host.answer(&[(":status", "200")], b"");
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 1, 1, 0);
+    let mut c = post(&env);
+    env.end(&mut c);
+    let mut d = post(&env);
+    send_body(&env, &mut d, b"four", true);
+    assert_eq!(env.host.calls.borrow().len(), 2);
+    let _ = (&mut a, &mut b);
+}
+
+#[test]
+fn the_bytes_a_worker_holds_for_shadows_are_bounded() {
+    let env =
+        shadow_env_with(r#""methods": ["POST"], "max_body_bytes": 16777216, "max_in_flight": 100"#);
+    let mb8 = vec![b'x'; 8 << 20];
+    let mut reqs: Vec<Req> = (0..5).map(|_| post(&env)).collect();
+    for r in &mut reqs {
+        send_body(&env, r, &mb8, false);
+    }
+    // 32 MiB per worker: four 8 MiB uploads fit, the fifth is skipped.
+    assert_eq!(env.worker.shadows.held(), 32 << 20);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
+    // Dispatching and ending give the bytes back.
+    send_body(&env, &mut reqs[0], b"", true);
+    assert_eq!(env.worker.shadows.held(), 24 << 20);
+    for r in &mut reqs {
+        env.end(r);
+    }
+    assert_eq!(env.worker.shadows.held(), 0);
+}
+
+#[test]
+fn a_request_with_trailers_is_shadowed() {
+    // Before: the last body chunk of such a request is not end_of_stream,
+    // so its call was never sent and it ended `skipped`.
+    let env = shadow_env_with(r#""methods": ["POST"]"#);
+    let mut r = post(&env);
+    send_body(&env, &mut r, b"payload", false);
+    assert!(env.host.calls.borrow().is_empty());
+    r.exchange
+        .on_request_trailers(&env.host, &env.plan, &env.worker);
+    assert_eq!(
+        env.host.calls.borrow().first().map(|(_, c)| c.body.clone()),
+        Some(Some(b"payload".to_vec()))
+    );
+    env.status(&mut r, 200);
+    env.host.answer(&[(":status", "200")], b"");
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 1, 1, 0);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 0);
+}
+
+#[test]
+fn a_shadow_envoy_answered_itself_is_an_error_not_a_status() {
+    // Before: Envoy's own 503 (no healthy upstream, connect failure,
+    // overflow) was compared as the service's answer: `status`.
+    let env = shadow_env_with(r#""compare_headers": []"#);
+    for body in [
+        &b"no healthy upstream"[..],
+        b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+        b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    ] {
+        let mut r = env.get("/orders/1", "u");
+        env.status(&mut r, 200);
+        env.host
+            .answer(&[(":status", "503"), ("content-type", "text/plain")], body);
+        let token = env.host.calls.borrow().len() as u32;
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 2, body.len());
+    }
+    // The service's own 503 is still a status mismatch.
+    let mut r = env.get("/orders/1", "u");
+    env.status(&mut r, 200);
+    env.host.answer(&[(":status", "503")], b"maintenance");
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 4, 1, 11);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.error"), 3);
+    assert_eq!(env.metric("route.orders.shadow.result.status"), 1);
+}
+
+#[test]
+fn json_bodies_match_up_to_key_order_ignored_fields_and_noise() {
+    let env = shadow_env_with(
+        r#""compare_body": "json", "ignore_fields": ["/id"], "noise_percent": 100"#,
+    );
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    // Request 1: the shadow (service, token 1) and the noise call
+    // (monolith, token 2).
+    let mut r = env.get("/orders/1", "u");
+    {
+        let calls = env.host.calls.borrow();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1.cluster, "orders_service");
+        assert_eq!(calls[1].1.cluster, "monolith");
+        assert!(calls[1]
+            .1
+            .headers
+            .contains(&(b"x-shift-shadow".to_vec(), b"noise".to_vec())));
+    }
+    let monolith = |at: u32, v: u32| format!(r#"{{"id": "m{at}", "at": {at}, "v": {v}}}"#);
+    let service = |at: u32, v: u32| format!(r#"{{"v": {v}.0, "at": {at}, "id": "s{at}"}}"#);
+    let mut token = 0;
+    let mut one = |env: &Env, at: u32, v: u32| {
+        let mut r = env.get("/orders/1", "u");
+        respond_with_body(env, &mut r, &ok, monolith(at, 1).as_bytes());
+        token += 2;
+        let b = service(at + 1, v);
+        env.host.answer(&ok, b.as_bytes());
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token + 1, 2, b.len());
+        let n = monolith(at + 2, 1);
+        env.host.answer(&ok, n.as_bytes());
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token + 2, 2, n.len());
+    };
+    respond_with_body(&env, &mut r, &ok, monolith(1, 1).as_bytes());
+    let b = service(1, 1);
+    env.host.answer(&ok, b.as_bytes());
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 1, 2, b.len());
+    env.tick();
+    assert_eq!(
+        env.metric("route.orders.shadow.result.match"),
+        1,
+        "same at, /id ignored, key order and 1.0 = 1"
+    );
+    let n = monolith(2, 1);
+    env.host.answer(&ok, n.as_bytes());
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 2, 2, n.len());
+    // Warm-up: /at is not yet known noisy after one old-vs-old comparison.
+    one(&env, 10, 1);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+    // Two comparisons with /at differing: noisy from now on.
+    one(&env, 20, 1);
+    one(&env, 30, 2);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.noise"), 1);
+    assert_eq!(
+        env.metric("route.orders.shadow.result.body"),
+        2,
+        "/v differs: still a mismatch"
+    );
+    assert_eq!(env.worker.shadows.held(), 0);
+}
+
+#[test]
+fn a_compressed_json_body_is_skipped_and_a_non_json_one_compared_by_bytes() {
+    let env = shadow_env_with(r#""compare_body": "json""#);
+    let mut r = env.get("/orders/1", "u");
+    respond_with_body(
+        &env,
+        &mut r,
+        &[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        b"\x1f\x8b..",
+    );
+    env.host.answer(
+        &[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        b"\x1f\x8b..",
+    );
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 1, 3, 4);
+    let mut r = env.get("/orders/1", "u");
+    respond_with_body(
+        &env,
+        &mut r,
+        &[(":status", "200"), ("content-type", "text/plain")],
+        b"a b",
+    );
+    env.host.answer(
+        &[(":status", "200"), ("content-type", "text/plain")],
+        b"a  b",
+    );
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 2, 2, 4);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+}
+
+#[test]
+fn differing_fields_are_counted_with_a_process_wide_bound() {
+    let env = shadow_env_with(r#""compare_body": "json""#);
+    let second = super::Worker::new(&env.plan);
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    // Every answer carries 50 keys of its own on each side: hostile
+    // randomness. Two workers, 4 requests each.
+    let mut token = 0;
+    for (w, worker) in [&env.worker, &second].into_iter().enumerate() {
+        for i in 0..4 {
+            let keys = |side: &str| {
+                (0..50)
+                    .map(|k| format!(r#""{side}{w}_{i}_{k}": 1"#))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let stream = super::fake::FakeStream::new(&[
+                (":method", "GET"),
+                (":path", "/orders/1"),
+                ("x-user", "u"),
+            ]);
+            let mut x = Exchange::default();
+            x.on_request_headers(&env.host, &stream, &env.plan, worker, true);
+            stream.respond(&ok);
+            x.on_response_headers(&env.host, &stream, &env.plan, worker, false);
+            let body = format!(r#"{{"same": 1, "v": 1, {}}}"#, keys("p"));
+            *stream.chunk.borrow_mut() = body.clone().into_bytes();
+            x.on_response_body(&env.host, &stream, &env.plan, worker, body.len(), true);
+            let b = format!(r#"{{"same": 1, "v": 2, {}}}"#, keys("s"));
+            env.host.answer(&ok, b.as_bytes());
+            token += 1;
+            shadow::on_answer(&env.host, &env.plan, worker, token, 2, b.len());
+        }
+        tick::tick(&env.host, &env.plan, worker, &env.live.borrow(), ID);
+    }
+    let labels: Vec<String> = env
+        .host
+        .names()
+        .into_iter()
+        .filter(|n| n.contains(".shadow_field."))
+        .collect();
+    assert!(
+        labels.len() <= crate::fields::MAX_FIELDS_PER_ROUTE + 1,
+        "{} labels",
+        labels.len()
+    );
+    let metric = |f: &str| {
+        env.host.metric(&format!(
+            "traffic_shift.route.orders.shadow_field.field.{f}.kind.diff"
+        ))
+    };
+    assert_eq!(metric("v"), 8, "the real field, in both workers");
+    // Per request: /v plus 100 one-sided keys, of which the log names 16
+    // (compare::MAX_FIELDS); the first worker's first tick admits up to
+    // 32 labels, everything else is `other`.
+    let counted: u64 = labels.iter().map(|n| env.host.metric(n)).sum();
+    assert_eq!(counted, 8 * crate::compare::MAX_FIELDS as u64);
+    assert!(metric("other") > 0);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 8);
+}
+
+#[test]
+fn learned_noise_survives_a_configuration_that_keeps_the_route_settings() {
+    let shadow = r#""compare_body": "json", "noise_percent": 100"#;
+    let env = shadow_env_with(shadow);
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    let mut r = env.get("/orders/1", "u");
+    respond_with_body(&env, &mut r, &ok, br#"{"at": 1}"#);
+    env.host.answer(&ok, br#"{"at": 2}"#);
+    shadow::on_answer(&env.host, &env.plan, &env.worker, 2, 2, 9);
+    assert_eq!(env.worker.shadows.noise_comparisons(0), 1);
+    let id = std::cell::Cell::new(ID);
+    let again = |s: &str| {
+        id.set(id.get() + 1);
+        let c = Config::from_json(
+            config(
+                &format!(
+                    r#"{{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 0,
+                        "shadow": {{"percent": 100, {s}}}}}"#
+                ),
+                "",
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut live = env.live.borrow_mut();
+        tick::start(&env.host, &mut live, id.get(), "p", "", c).1
+    };
+    // Same settings (another route config around it is fine): kept.
+    let w = again(shadow);
+    assert_eq!(w.shadows.noise_comparisons(0), 1);
+    // Changed shadow settings: learned afresh.
+    let w = again(r#""compare_body": "json", "noise_percent": 50"#);
+    assert_eq!(w.shadows.noise_comparisons(0), 0);
+}
+
+// Both: a JSON shadow whose primary answer ends with trailers, and gRPC
+// under "json".
+
+#[test]
+fn a_json_primary_ending_with_trailers_is_compared_at_its_trailers() {
+    // Before the response trailers were read, such a primary never
+    // completed and its request ended `skipped`.
+    let env = shadow_env_with(r#""compare_body": "json""#);
+    let ok = [(":status", "200"), ("content-type", "application/json")];
+    for (token, shadow_body) in [(1, r#"{"b": 2, "a": 1}"#), (2, r#"{"a": 1, "b": 3}"#)] {
+        let mut r = env.get("/orders/1", "u");
+        r.stream.respond(&ok);
+        r.exchange
+            .on_response_headers(&env.host, &r.stream, &env.plan, &env.worker, false);
+        let body = br#"{"a": 1, "b": 2}"#;
+        *r.stream.chunk.borrow_mut() = body.to_vec();
+        r.exchange.on_response_body(
+            &env.host,
+            &r.stream,
+            &env.plan,
+            &env.worker,
+            body.len(),
+            false,
+        );
+        r.stream.trail(&[("x-checksum", "1")]);
+        r.exchange
+            .on_response_trailers(&env.host, &r.stream, &env.plan, &env.worker);
+        env.host.answer(&ok, shadow_body.as_bytes());
+        shadow::on_answer(
+            &env.host,
+            &env.plan,
+            &env.worker,
+            token,
+            2,
+            shadow_body.len(),
+        );
+        env.end(&mut r);
+    }
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 0);
+    assert_eq!(env.worker.shadows.held(), 0);
+    assert_eq!(env.worker.shadows.in_flight(), 0);
+}
+
+#[test]
+fn grpc_shadow_under_json_compares_message_bytes() {
+    let env = Env::new(&grpc_config(
+        r#", "grpc": {}, "shadow": {"percent": 100, "methods": ["POST"], "compare_body": "json"}"#,
+        "",
+        0,
+    ));
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"same", "0");
+    grpc_shadow_answer(&env, 1, b"same", "0", false);
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"mine", "0");
+    grpc_shadow_answer(&env, 2, b"your", "0", false);
+    let mut r = unary_rpc(&env, b"q");
+    grpc_answer(&env, &mut r, b"same", "0");
+    grpc_shadow_answer(&env, 3, b"", "14", true);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.body"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.header"), 1);
+    assert_eq!(env.worker.shadows.held(), 0);
+    assert_eq!(env.worker.shadows.in_flight(), 0);
+}
+
+#[test]
+fn a_grpc_stream_not_shadowed_gives_back_its_admission() {
+    // max_in_flight 1: a client stream (two messages) is skipped at
+    // dispatch; its slot is free again for the next unary call.
+    let env = Env::new(&grpc_config(
+        r#", "grpc": {}, "shadow": {"percent": 100, "methods": ["POST"], "max_in_flight": 1}"#,
+        "",
+        0,
+    ));
+    let mut r = rpc(&env, "u");
+    let body = [0, 0, 0, 0, 1, b'a', 0, 0, 0, 0, 1, b'b'];
+    *r.stream.chunk.borrow_mut() = body.to_vec();
+    r.exchange.on_request_body(
+        &env.host,
+        &r.stream,
+        &env.plan,
+        &env.worker,
+        body.len(),
+        true,
+    );
+    assert_eq!(env.host.calls.borrow().len(), 0);
+    assert_eq!(env.worker.shadows.held(), 0);
+    let mut r = unary_rpc(&env, b"q");
+    assert_eq!(env.host.calls.borrow().len(), 1, "the slot was given back");
+    grpc_answer(&env, &mut r, b"a", "0");
+    grpc_shadow_answer(&env, 1, b"a", "0", false);
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.skipped"), 1);
+    assert_eq!(env.metric("route.orders.shadow.result.match"), 1);
+}
+
+#[test]
+fn a_grpc_shadow_envoy_answered_itself_is_an_error() {
+    // Envoy answers a gRPC call it cannot deliver with a trailers-only
+    // UNAVAILABLE carrying its local-reply text; a service's own
+    // UNAVAILABLE stays a `header` mismatch.
+    let env = grpc_shadow_env(false);
+    for (token, message) in [
+        (1, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
+        (2, "no healthy upstream"),
+        (3, "orders_service fails this RPC"),
+    ] {
+        let mut r = unary_rpc(&env, b"q");
+        grpc_answer(&env, &mut r, b"a", "0");
+        env.host.answer(
+            &[
+                (":status", "200"),
+                ("grpc-status", "14"),
+                ("grpc-message", message),
+            ],
+            b"",
+        );
+        env.host.answer_trailers(&[]);
+        shadow::on_answer(&env.host, &env.plan, &env.worker, token, 3, 0);
+    }
+    env.tick();
+    assert_eq!(env.metric("route.orders.shadow.result.error"), 2);
+    assert_eq!(env.metric("route.orders.shadow.result.header"), 1);
+    assert_eq!(env.worker.shadows.in_flight(), 0);
+}

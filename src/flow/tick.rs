@@ -258,12 +258,14 @@ pub fn publish_shares(host: &impl Host, plan: &Plan, worker: &Worker) {
     }
 }
 
-/// The tick of configuration `id` (one of `live`): flushes its counters;
+/// The tick of configuration `id` (one of `live`): flushes its counters
+/// and its shadow field counters ([`shadow::tick`]);
 /// ticks the guard and breaker keys it is the newest to hold and refreshes
 /// the gauges of the routes it is the newest to have (an old configuration
 /// that a newer one replaced only flushes).
 pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, live: &Live, id: u32) {
     counters::flush(host, &worker.counters);
+    shadow::tick(host, plan, worker);
     let c = &worker.counters;
     let now = host.now_ms();
     for i in 0..plan.config.routes.len() {
@@ -302,6 +304,7 @@ pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, live: &Live, id: u32
 pub fn end(host: &impl Host, plan: &Plan, worker: &Worker) {
     shadow::abandon(plan, worker);
     counters::flush(host, &worker.counters);
+    shadow::tick(host, plan, worker);
 }
 
 /// Builds configuration `id` of the filter the host names `plugin`

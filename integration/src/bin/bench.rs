@@ -22,6 +22,10 @@
 //!       exporting them for shadow compare costs every request)
 //!   w0, w5  (s) plus shadow compare (status, content-type, body) at 0 %
 //!       and 5 % of the route's requests
+//!   wj5 (s) plus shadow compare of JSON bodies at 5 %: `compare_body:
+//!       "json"`, three ignore rules, a noise call on 20 % of the shadowed
+//!       requests; its requests carry `x-bare-json`, so the upstreams
+//!       answer ~190-byte JSON bodies with a per-call id and timestamp
 //!   ga  gRPC (unary, over HTTP/2 to tonic upstreams): direct, no filter
 //!   gsp gRPC: traffic-shift split + stats (outcome from grpc-status, read
 //!       from the trailers); gs the same with the route's `grpc` block
@@ -35,7 +39,8 @@
 //! on exit.
 //!
 //! Env: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_CONNECTIONS (32),
-//! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys),
+//! BENCH_OUT (target/bench), BENCH_ONLY (comma-separated variant keys;
+//! (b) runs in any case, as the ratios' base),
 //! BENCH_BASELINE_WASM (another build of the filter, run with the (s), (e),
 //! (g) and (w0) configs as s-base, e-base, g-base and w0-base).
 //!
@@ -110,6 +115,9 @@ fn split_config_with(n: usize, extra: &str) -> String {
 const GUARD: &str = r#", "guard": {"max_latency_ratio": 2}"#;
 
 /// The bench route's `shadow` member at `percent`.
+/// Shadow compare of JSON bodies (the wj5 variant).
+const SHADOW_JSON: &str = r#", "shadow": {"percent": 5, "compare_headers": ["content-type"], "compare_body": "json", "ignore_fields": ["/id", "/generated_at", "/items/*/etag"], "noise_percent": 20}"#;
+
 fn shadow(percent: u32) -> String {
     format!(
         r#", "shadow": {{"percent": {percent}, "compare_headers": ["content-type"], "compare_body": true}}"#
@@ -288,6 +296,15 @@ fn variants(base: &Bootstrap, grpc: &Bootstrap) -> Vec<Variant> {
             base.clone()
                 .with_plugin_config(&split_config_with(1, &shadow(5))),
         ),
+        Variant {
+            headers: &["X-Bare-Json: 1"],
+            ..variant(
+                "wj5",
+                "traffic-shift, split + stats + JSON shadow compare at 5 %",
+                base.clone()
+                    .with_plugin_config(&split_config_with(1, SHADOW_JSON)),
+            )
+        },
     ];
     let mut ga = grpc.clone();
     hcm(&mut ga)["http_filters"] = Yaml::Sequence(vec![yaml(ROUTER)]);
@@ -351,7 +368,8 @@ fn variants(base: &Bootstrap, grpc: &Bootstrap) -> Vec<Variant> {
     }
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
-        out.retain(|v| keep.contains(&v.key));
+        // (b) always runs: every ratio is to it.
+        out.retain(|v| v.key == "b" || keep.contains(&v.key));
     }
     out
 }
@@ -381,6 +399,8 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
         "gsp-base",
         0.0,
     ),
+    ("JSON shadow at 5 % vs byte shadow at 5 %", "wj5", "w5", 0.0),
+    ("+ JSON shadow at 5 % vs split + stats", "wj5", "s", 0.0),
     ("split + stats vs baseline build", "s", "s-base", 0.0),
     ("p99: + breaker vs SDK floor", "p99:e", "d0", 1.10),
     ("1,000 routes vs 1: split + stats", "s1k", "s", 0.97),
@@ -512,12 +532,12 @@ matplotlib), then plots target/bench/latency.png and runs the native benchmarks.
 
 Starts the demo upstreams and one Envoy per variant (one worker each), drives
 them with wrk in interleaved rounds and writes target/bench/results.md and
-results.json. Variants: a b h c c15 d0 d s s15 s1 s1-15 snb e g s1k e1k w0 w5 ga gsp gs
+results.json. Variants: a b h c c15 d0 d s s15 s1 s1-15 snb e g s1k e1k w0 w5 wj5 ga gsp gs
 (README, \"What it costs\").
 
 Environment:
   BENCH_ROUNDS=5 BENCH_SECONDS=8 BENCH_CONNECTIONS=32  rounds, wrk seconds and connections
-  BENCH_ONLY=s,snb          run only these variants
+  BENCH_ONLY=s,snb          run only these variants (and (b), the base of every ratio)
   BENCH_BASELINE_WASM=FILE  add s-base, e-base, g-base, w0-base, gsp-base: those configs on another build
   BENCH_OUT=DIR             output directory (target/bench)
   BENCH_PIN=0               do not pin Envoy to CPU 0 and the load to CPU 1";

@@ -3,8 +3,9 @@
 //! the module's exports. With `--keep-original`, the module as built (SDK
 //! exports) is saved first, for the bench; `--no-body` also writes a copy
 //! without the body callbacks (`proxy_on_request_body`,
-//! `proxy_on_response_body`, used only by shadow compare), to measure what
-//! exporting them costs. A module already slimmed is left alone, so running
+//! `proxy_on_response_body`, `proxy_on_request_trailers`, used only by
+//! shadow compare; `proxy_on_response_trailers` stays, gRPC outcomes need
+//! it), to measure what exporting them costs. A module already slimmed is left alone, so running
 //! it twice is harmless.
 //!
 //! The Rust SDK exports every `proxy_on_*` callback, so Envoy enters the VM
@@ -22,16 +23,17 @@ use wasmparser::{ExternalKind, Parser, Payload};
 
 /// Callbacks the filter does not use (see src/filter/mod.rs, which
 /// implements only VM and plugin set-up, the tick, HTTP context creation and
-/// deletion, request and response headers and bodies, response trailers
-/// (the `grpc-status` of gRPC responses; for a response without trailers
-/// Envoy does not call it), and the answers of shadow calls). Everything else is kept, including the allocator the host
+/// deletion, request and response headers and bodies, request trailers
+/// (the end of a shadowed request's body), response trailers (the
+/// `grpc-status` of gRPC responses; for a message without trailers Envoy
+/// does not call either), and the answers of shadow calls). Everything else
+/// is kept, including the allocator the host
 /// calls (`proxy_on_memory_allocate`). `proxy_on_queue_ready` goes too: the
 /// filter calls the SDK's function itself (src/filter/shadow.rs), the host
 /// never needs to.
 const DROP: &[&str] = &[
     "proxy_on_done",
     "proxy_on_log",
-    "proxy_on_request_trailers",
     "proxy_on_grpc_receive_initial_metadata",
     "proxy_on_grpc_receive",
     "proxy_on_grpc_receive_trailing_metadata",
@@ -45,8 +47,14 @@ const DROP: &[&str] = &[
     "proxy_on_upstream_connection_close",
 ];
 
-/// The body callbacks, dropped as well in the `--no-body` copy.
-const BODY: &[&str] = &["proxy_on_request_body", "proxy_on_response_body"];
+/// The body callbacks (and the request trailers, which end a shadowed
+/// request's body), dropped as well in the `--no-body` copy. The response
+/// trailers are not among them: the outcome of a gRPC request reads them.
+const BODY: &[&str] = &[
+    "proxy_on_request_body",
+    "proxy_on_response_body",
+    "proxy_on_request_trailers",
+];
 
 fn slim(
     input: &[u8],

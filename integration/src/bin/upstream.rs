@@ -13,10 +13,14 @@
 //! `PUT /__upstream/body/<text>` (answer with this body instead of the JSON;
 //! `-`: back to the JSON) and `PUT /__upstream/header/<name>=<value>` (add
 //! this response header; `-`: none) change how every later request is
-//! answered. `GET /__upstream/shadows` lists the method and headers of the
+//! answered. `PUT /__upstream/api/on` (`off`: back) answers like a real
+//! JSON API instead (see [`api_body`]): a per-call `id` and
+//! `generated_at`, keys in another order on every upstream but the
+//! monolith, and a real difference on paths containing `/differ`. `GET /__upstream/shadows` lists the method and headers of the
 //! requests that carried `x-shift-shadow` (the last 1,000), as JSON. `--bare` (for load tests) answers
 //! with just the header and the name, to keep the upstream's CPU out of the
-//! way of what is measured.
+//! way of what is measured (a request with `x-bare-json` gets the API
+//! mode's JSON instead: the bench's JSON compare variant).
 //!
 //! WebSocket: a request with `upgrade: websocket` is answered `101` (after
 //! the delay, when the configured status is 2xx; otherwise with that status,
@@ -26,7 +30,7 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +54,8 @@ struct Opts {
     body: Mutex<Option<String>>,
     /// An extra response header.
     header: Mutex<Option<(String, String)>>,
+    /// Answer as a JSON API ([`api_body`]).
+    api: AtomicBool,
     /// Method and headers of requests carrying `x-shift-shadow`.
     shadows: Mutex<Vec<serde_json::Value>>,
     threads: usize,
@@ -84,6 +90,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         served: AtomicU64::new(0),
         body: Mutex::new(None),
         header: Mutex::new(None),
+        api: AtomicBool::new(false),
         shadows: Mutex::new(Vec::new()),
         threads: 2,
         bare: false,
@@ -148,6 +155,10 @@ fn control(opts: &Opts, req: &Request<hyper::body::Incoming>) -> Option<Response
             .parse::<u64>()
             .map(|d| opts.delay_ms.store(d, Ordering::SeqCst))
             .is_ok(),
+        "api" => {
+            opts.api.store(value == "on", Ordering::SeqCst);
+            value == "on" || value == "off"
+        }
         "fail-every" => value
             .parse::<u64>()
             .map(|n| opts.fail_every.store(n, Ordering::SeqCst))
@@ -285,6 +296,15 @@ async fn handle(opts: Arc<Opts>, mut req: Request<hyper::body::Incoming>) -> Res
     if let Some(fixed) = opts.body.lock().ok().and_then(|b| b.clone()) {
         return answer(&opts, status, Bytes::from(fixed), true, extra);
     }
+    if opts.api.load(Ordering::SeqCst) {
+        let (body, json) = api_body(&opts.name, req.uri().path(), n);
+        return answer(&opts, status, Bytes::from(body), json, extra);
+    }
+    if opts.bare && req.headers().contains_key("x-bare-json") {
+        // The bench's JSON variant: the API mode's body at `/`.
+        let (body, json) = api_body(&opts.name, "/", n);
+        return answer(&opts, status, Bytes::from(body), json, None);
+    }
     if opts.bare {
         return answer(&opts, status, Bytes::from(opts.name.clone()), false, None);
     }
@@ -300,6 +320,62 @@ async fn handle(opts: Arc<Opts>, mut req: Request<hyper::body::Incoming>) -> Res
         .collect();
     let body = serde_json::json!({"served_by": opts.name, "headers": headers}).to_string();
     answer(&opts, status, Bytes::from(body), true, extra)
+}
+
+/// SplitMix64, for per-call values.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The body of the JSON API mode, and whether it is JSON. Every call gets
+/// its own `id` and `generated_at` and its own `etag` in each item; the
+/// monolith writes its keys in one order and every other upstream in
+/// reverse (and `price` as `1.0`); on a path containing `/differ` the
+/// other upstreams answer `price` 2 (a real difference); `/random` adds
+/// 200 keys of random names; `/text` answers plain text (`/text-differ`:
+/// another text on the other upstreams).
+fn api_body(name: &str, path: &str, n: u64) -> (String, bool) {
+    let monolith = name == "monolith";
+    if path.contains("/text") {
+        let differ = path.contains("/text-differ") && !monolith;
+        let text = if differ {
+            "hello, new world"
+        } else {
+            "hello, world"
+        };
+        return (text.to_string(), false);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = mix(n ^ (nanos as u64));
+    let price = match (monolith, path.contains("/differ")) {
+        (true, _) => "1",
+        (false, false) => "1.0",
+        (false, true) => "2",
+    };
+    let mut members = vec![
+        format!(r#""id": "{name}-{n}""#),
+        format!(r#""generated_at": {nanos}"#),
+        format!(r#""path": {}"#, serde_json::Value::from(path)),
+        format!(r#""price": {price}"#),
+        format!(
+            r#""items": [{{"sku": "a", "etag": "{:x}"}}, {{"sku": "b", "etag": "{:x}"}}]"#,
+            mix(seed),
+            mix(seed + 1)
+        ),
+    ];
+    if path.contains("/random") {
+        members.extend((0..200u64).map(|i| format!(r#""k{:x}": 1"#, mix(seed + 2 + i))));
+    }
+    if !monolith {
+        members.reverse();
+    }
+    (format!("{{{}}}", members.join(", ")), true)
 }
 
 /// A response with `x-served-by`, the JSON content type when `json`, and
