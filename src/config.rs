@@ -902,10 +902,6 @@ fn number(
     }
 }
 
-/// The smallest `max_latency_ratio`: one latency bucket (2^(1/4) = 1.189)
-/// rounded up.
-const MIN_LATENCY_RATIO: f64 = 1.19;
-
 fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Settings> {
     let obj = Obj::new(
         v,
@@ -941,8 +937,10 @@ fn parse_guard(v: &Json, path: &str, errs: &mut Errors) -> Option<guard::Setting
     let ratio = number(
         &obj,
         "max_latency_ratio",
-        |n| (MIN_LATENCY_RATIO..=100.0).contains(&n),
-        "from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket)",
+        // Above 1, as an earlier release accepted; below
+        // guard::MIN_LATENCY_RATIO (one latency bucket) it is judged as that.
+        |n| n > 1.0 && n <= 100.0,
+        "above 1 and at most 100",
         errs,
     );
     let fleet_size = uint(&obj, "fleet_size", 1, 100_000, errs);

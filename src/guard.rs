@@ -97,6 +97,19 @@ impl Default for Settings {
     }
 }
 
+/// The smallest latency ratio the buckets resolve: one bucket (2^(1/4) =
+/// 1.189) rounded up. Configurations accept ratios above 1 (an earlier
+/// release did); a smaller one is judged as this.
+pub const MIN_LATENCY_RATIO: f64 = 1.19;
+
+impl Settings {
+    /// The ratio the latency trigger judges with: `max_latency_ratio`, at
+    /// least [`MIN_LATENCY_RATIO`]; `None` without a latency trigger.
+    pub fn latency_ratio(&self) -> Option<f64> {
+        self.max_latency_ratio.map(|r| r.max(MIN_LATENCY_RATIO))
+    }
+}
+
 /// Which side of a route a request went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -642,7 +655,7 @@ impl State {
             }
             let [e, l] = &mut self.statistic;
             *e = (*e + error_score(s, &reference, &batch)).max(0.0);
-            if let Some(ratio) = s.max_latency_ratio {
+            if let Some(ratio) = s.latency_ratio() {
                 *l = (*l + latency_score(ratio, bounds.ln_inv_beta, &reference, &batch)).max(0.0);
             }
             let tripped = if *e >= bounds.errors {

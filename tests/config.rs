@@ -978,11 +978,7 @@ fn guard_errors_exact_messages() {
         ),
         (
             g(r#"{"max_latency_ratio": 1}"#),
-            vec!["routes[0].guard.max_latency_ratio: must be a number from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket), got 1"],
-        ),
-        (
-            g(r#"{"max_latency_ratio": 1.18}"#),
-            vec!["routes[0].guard.max_latency_ratio: must be a number from 1.19 to 100 (the latency buckets are 19 % apart: a smaller ratio cannot be told from one bucket), got 1.18"],
+            vec!["routes[0].guard.max_latency_ratio: must be a number above 1 and at most 100, got 1"],
         ),
         (
             g(r#"{"fleet_size": 0}"#),
@@ -1229,4 +1225,23 @@ fn grpc_failure_codes_default_and_errors_exact_messages() {
         ))),
         ["routes[0].grpc.failure_codes: must be an array, got string"]
     );
+}
+
+/// A ratio below one latency bucket was valid in the previous release: it
+/// is still accepted (a static bootstrap written for it must start), kept as
+/// written (the guard's state key hashes it) and judged as 1.19.
+#[test]
+fn a_latency_ratio_below_one_bucket_is_accepted_and_judged_as_one_bucket() {
+    let c = Config::from_json(
+        br#"{"monolith": "m", "routes": [{"name": "a", "prefix": "/", "service": "s",
+             "percent": 10, "guard": {"max_latency_ratio": 1.1}}]}"#,
+    )
+    .expect("accepted");
+    let g = c.routes[0].guard.as_ref().expect("a guard");
+    assert_eq!(g.max_latency_ratio, Some(1.1));
+    assert_eq!(
+        g.latency_ratio(),
+        Some(traffic_shift::guard::MIN_LATENCY_RATIO)
+    );
+    assert_eq!(traffic_shift::guard::MIN_LATENCY_RATIO, 1.19);
 }

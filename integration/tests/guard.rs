@@ -181,8 +181,11 @@ async fn a_service_three_times_slower_trips_on_latency() {
     // The monolith's p95 bound needs more than 630 monolith requests in the
     // window (a bound that holds for every second of a day), hence the
     // longer window: 6 s of this traffic on an idle machine (100 monolith
-    // requests a second), about 40 s under the load of a parallel suite.
-    let took = until_tripped(&stack, Duration::from_secs(60)).await;
+    // requests a second), about 40 s under the load of a parallel suite,
+    // once 60 s on a machine running four builds beside it: the limit is
+    // 120 s (the 2-minute test of this file runs meanwhile, so it costs the
+    // suite nothing).
+    let took = until_tripped(&stack, Duration::from_secs(120)).await;
     let m = stack.envoy.metrics_now().await;
     let total = |target| {
         m.get(

@@ -303,9 +303,16 @@ fn print_plan(out: &mut String, file: &str, config: &Config, now_ms: u64) {
         match &r.guard {
             None => say!(out, "  guard: off"),
             Some(g) => {
-                let latency = g.max_latency_ratio.map_or("off".to_string(), |x| {
-                    format!("service p95 above {}x the monolith's", short(x))
-                });
+                let latency = match (g.max_latency_ratio, g.latency_ratio()) {
+                    (Some(x), Some(judged)) if x < judged => format!(
+                        "service p95 above {}x the monolith's ({} as configured: below one latency bucket, judged as {})",
+                        short(judged),
+                        short(x),
+                        short(judged)
+                    ),
+                    (Some(x), _) => format!("service p95 above {}x the monolith's", short(x)),
+                    _ => "off".to_string(),
+                };
                 let fleet = match g.fleet_size {
                     1 => String::new(),
                     n => format!(" across a fleet of {n} proxies"),

@@ -826,6 +826,25 @@ fn a_trip_outlives_the_old_module_s_configuration_leaving() {
     assert!(stored.1.is_some(), "the guard key was released");
 }
 
+/// A new `.wasm` on the same `vm_id`: the new VMs configure, then the old
+/// VMs' configurations leave with nothing of theirs replacing them in their
+/// VM, and zero the gauges they set. The new configuration's next tick puts
+/// a plain route's share back (before, only ramped and guarded routes were
+/// refreshed on the tick, and a plain route read 0 until the next update).
+#[test]
+fn an_upgrade_s_old_configuration_leaving_zeroes_a_share_for_one_tick_at_most() {
+    let plain =
+        r#"{"name": "orders", "prefix": "/orders/", "service": "orders_service", "percent": 50}"#;
+    let env = Env::new(&config(plain, ""));
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
+    let fresh = RefCell::new(Live::default());
+    let (plan, worker) = start(&env.host, &fresh, 7, "p", &config(plain, ""));
+    env.live.borrow_mut().leave(&env.host, ID);
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 0);
+    tick::tick(&env.host, &plan, &worker, &fresh.borrow(), 7);
+    assert_eq!(env.metric("route.orders.effective_percent_bp"), 5000);
+}
+
 /// Issue 20, item 5: two filters with one plugin name in one worker (two
 /// listeners, each with its own configuration). Both live: each ticks its
 /// own keys, neither zeroes the other's gauges, and their breakers are

@@ -23,6 +23,14 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// worker that configured it. `filter`: which filter the configuration
 /// belongs to ([`Config::filter_identity`]), for its breaker keys.
 pub fn configure(host: &impl Host, config: Config, filter: u64) -> (Plan, Worker) {
+    for (i, r) in config.routes.iter().enumerate() {
+        let g = r.guard.as_ref();
+        if g.and_then(|g| g.max_latency_ratio) != g.and_then(|g| g.latency_ratio()) {
+            log::warn!(
+                "routes[{i}].guard.max_latency_ratio is below one latency bucket: judged as 1.19"
+            );
+        }
+    }
     let mut c = LocalCounters::default();
     let stats: Vec<RouteStats<Metric>> = config
         .routes
@@ -280,15 +288,12 @@ pub fn tick(host: &impl Host, plan: &Plan, worker: &Worker, live: &Live, id: u32
             }
         }
     }
-    for (i, ((route, s), g)) in plan
-        .config
-        .routes
-        .iter()
-        .zip(&plan.stats)
-        .zip(&plan.guards)
-        .enumerate()
-    {
-        if (!route.ramp.is_empty() || g.is_some()) && live.sets_gauge(id, &route.name) {
+    for (i, (route, s)) in plan.config.routes.iter().zip(&plan.stats).enumerate() {
+        // Every route, not only ramped and guarded ones: when a new `.wasm`
+        // replaces the VMs, the old VMs' configurations leave after the new
+        // ones configured and zero the gauges only they set in their VM
+        // ([`Live::leave`]); the next tick puts the share back.
+        if live.sets_gauge(id, &route.name) {
             counters::record(
                 host,
                 s.effective_bp,
