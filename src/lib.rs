@@ -32,6 +32,8 @@
 //! - `filter/` (wasm32 only): the proxy-wasm host: callbacks that call the
 //!   flow, and the host calls behind its traits. Nothing in the core or
 //!   the flow knows about proxy-wasm.
+//! - `module/` (native, feature `module`): the Envoy dynamic-module host:
+//!   `extern "C"` hooks that call the same flow (`make module`).
 #![cfg_attr(
     not(test),
     deny(
@@ -65,3 +67,5 @@ mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(all(feature = "module", not(target_arch = "wasm32")))]
+mod module;

@@ -24,35 +24,35 @@ pub const PREFIX: &str = "traffic_shift";
 pub const STATS_TAGS: &[(&str, &str)] = &[
     (
         "route",
-        r"^wasmcustom\.traffic_shift(\.route\.([A-Za-z0-9_-]+))\.",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift(\.route\.([A-Za-z0-9_-]+))\.",
     ),
     (
         "target",
-        r"^wasmcustom\.traffic_shift\.route\.[A-Za-z0-9_-]+(\.target\.(monolith|service))\.",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\.route\.[A-Za-z0-9_-]+(\.target\.(monolith|service))\.",
     ),
     (
         "origin",
-        r"^wasmcustom\.traffic_shift\..+(\.origin\.(app|proxy))$",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\..+(\.origin\.(app|proxy))$",
     ),
     (
         "response_code_class",
-        r"^wasmcustom\.traffic_shift\..+\.rq_(([1-5]))xx$",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\..+\.rq_(([1-5]))xx$",
     ),
     (
         "reason",
-        r"^wasmcustom\.traffic_shift\..+(\.reason\.(errors|latency))$",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\..+(\.reason\.(errors|latency))$",
     ),
     (
         "result",
-        r"^wasmcustom\.traffic_shift\..+(\.result\.(match|noise|status|header|body|timeout|error|skipped))$",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\..+(\.result\.(match|noise|status|header|body|timeout|error|skipped))$",
     ),
     (
         "field",
-        r"^wasmcustom\.traffic_shift\.route\.[A-Za-z0-9_-]+\.shadow_field(\.field\.([A-Za-z0-9_-]+))\.kind\.(diff|noise)$",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\.route\.[A-Za-z0-9_-]+\.shadow_field(\.field\.([A-Za-z0-9_-]+))\.kind\.(diff|noise)$",
     ),
     (
         "kind",
-        r"^wasmcustom\.traffic_shift\..+\.shadow_field\.field\.[A-Za-z0-9_-]+(\.kind\.(diff|noise))$",
+        r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\..+\.shadow_field\.field\.[A-Za-z0-9_-]+(\.kind\.(diff|noise))$",
     ),
 ];
 
@@ -61,7 +61,7 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
 /// (`check --envoy` warns), its gRPC counts just keep the code in the name.
 pub const GRPC_STATUS_TAG: (&str, &str) = (
     "grpc_status",
-    r"^wasmcustom\.traffic_shift\..+\.grpc_rq(\.code\.([A-Z_]+|other))$",
+    r"^(?:wasmcustom|dynamicmodulescustom)\.traffic_shift\..+\.grpc_rq(\.code\.([A-Z_]+|other))$",
 );
 
 /// Tags of [`STATS_TAGS`] added after the first release: a bootstrap

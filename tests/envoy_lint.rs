@@ -30,8 +30,8 @@ fn addr(s: &str) -> Address {
 }
 
 /// Every bootstrap the generator prints for `json`: inline, ECDS file and
-/// ADS, each with and without OTLP; with OTLP, every cluster speaks HTTP/2
-/// (`--h2`).
+/// ADS, each with and without OTLP (with OTLP, every cluster speaks HTTP/2:
+/// `--h2`), and inline with the dynamic module.
 fn bootstraps(json: &str) -> Vec<(String, String)> {
     let config = Config::from_json(json.as_bytes()).unwrap();
     let clusters: Vec<(String, Address)> = named_clusters(&config)
@@ -45,7 +45,14 @@ fn bootstraps(json: &str) -> Vec<(String, String)> {
         FilterSource::EcdsFile("/etc/envoy/ecds/traffic_shift.yaml".into()),
         FilterSource::Ads(addr("xds.internal:18000")),
     ] {
-        for otlp in [None, Some(addr("127.0.0.1:4317"))] {
+        let modules: &[bool] = match source {
+            FilterSource::Inline => &[false, true],
+            _ => &[false],
+        };
+        for (otlp, &module) in [None, Some(addr("127.0.0.1:4317"))]
+            .into_iter()
+            .flat_map(|o| modules.iter().map(move |m| (o.clone(), m)))
+        {
             let spec = Spec {
                 config: &config,
                 config_json: json,
@@ -53,6 +60,7 @@ fn bootstraps(json: &str) -> Vec<(String, String)> {
                 listen: addr("127.0.0.1:10000"),
                 admin: addr("127.0.0.1:9901"),
                 wasm: "traffic_shift.wasm".into(),
+                module,
                 node: "n".into(),
                 source: source.clone(),
                 otlp: otlp.clone(),
@@ -63,7 +71,7 @@ fn bootstraps(json: &str) -> Vec<(String, String)> {
                 command: vec!["envoy".into()],
             };
             out.push((
-                format!("{source:?} otlp {}", otlp.is_some()),
+                format!("{source:?} otlp {} module {module}", otlp.is_some()),
                 bootstrap::bootstrap(&spec),
             ));
         }

@@ -31,6 +31,42 @@ pub fn envoy_bin() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
 }
 
+/// Which build of the filter the tests load: `TRAFFIC_SHIFT_BUILD=module`
+/// runs them against the Envoy dynamic module (`make module`), anything
+/// else (the default) against the .wasm. [`Bootstrap::for_test`] turns the
+/// shipped wasm filter into the module filter with the same JSON, and
+/// [`Metrics::parse`] reads the module's stat names as the wasm build's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Module,
+}
+
+impl Build {
+    pub fn current() -> Build {
+        match std::env::var("TRAFFIC_SHIFT_BUILD").as_deref() {
+            Ok("module") => Build::Module,
+            _ => Build::Wasm,
+        }
+    }
+}
+
+/// The dynamic module: `$TRAFFIC_SHIFT_MODULE`, else the `make module` build.
+pub fn module_path() -> PathBuf {
+    std::env::var_os("TRAFFIC_SHIFT_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/module/libtraffic_shift.so"))
+}
+
+/// The `@type` of the dynamic-module HTTP filter.
+pub const MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// Prometheus names of the module's stats start with this where the wasm
+/// build's start with `traffic_shift_` (Envoy strips `wasmcustom.`, not
+/// `dynamicmodulescustom.`, and prefixes `envoy_`).
+pub const MODULE_METRIC_PREFIX: &str = "envoy_dynamicmodulescustom_";
+
 /// The filter: `$TRAFFIC_SHIFT_WASM`, else the release build.
 pub fn wasm_path() -> PathBuf {
     std::env::var_os("TRAFFIC_SHIFT_WASM")
@@ -236,6 +272,28 @@ impl Bootstrap {
         for_each_wasm(&mut self.0, &mut |cfg| {
             cfg["vm_config"]["code"]["local"]["filename"] = Yaml::from(wasm.clone());
         });
+        if Build::current() == Build::Module {
+            self = self.as_module();
+        }
+        self
+    }
+
+    /// Every traffic_shift wasm filter replaced by the dynamic-module
+    /// filter with the same plugin JSON (`traffic-shift envoy --module`
+    /// prints the same block).
+    pub fn as_module(mut self) -> Bootstrap {
+        for_each_filter(&mut self.0, &mut |tc| {
+            if tc["@type"].as_str()
+                != Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+            {
+                return;
+            }
+            let json = tc["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            *tc = module_typed_config(&json);
+        });
         self
     }
 
@@ -338,8 +396,41 @@ fn set_port(address: &mut Yaml, port: u16) {
     address["socket_address"]["port_value"] = Yaml::from(port);
 }
 
-/// Calls `f` on the `config` of every wasm HTTP filter of every listener.
+/// The dynamic-module filter's `typed_config` carrying `plugin_json`.
+pub fn module_typed_config(plugin_json: &str) -> Yaml {
+    let module = format!(
+        "'@type': {MODULE_FILTER_TYPE}\n\
+         dynamic_module_config: {{name: traffic_shift}}\n\
+         filter_name: traffic_shift\n\
+         filter_config:\n  '@type': type.googleapis.com/google.protobuf.StringValue\n"
+    );
+    let mut m: Yaml =
+        serde_yaml::from_str(&module).unwrap_or_else(|e| panic!("module filter YAML: {e}"));
+    m["filter_config"]["value"] = Yaml::from(plugin_json);
+    m
+}
+
+/// Calls `f` on the plugin configuration of every traffic_shift filter
+/// (wasm: its `config`, with the JSON at `configuration.value`; module:
+/// a view with the JSON at the same place, written back).
 fn for_each_wasm(root: &mut Yaml, f: &mut dyn FnMut(&mut Yaml)) {
+    for_each_filter(root, &mut |tc| match tc["@type"].as_str() {
+        Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm") => {
+            f(&mut tc["config"])
+        }
+        Some(MODULE_FILTER_TYPE) => {
+            let mut view: Yaml =
+                serde_yaml::from_str("configuration: {}").unwrap_or_else(|e| panic!("{e}"));
+            view["configuration"]["value"] = tc["filter_config"]["value"].clone();
+            f(&mut view);
+            tc["filter_config"]["value"] = view["configuration"]["value"].clone();
+        }
+        _ => {}
+    });
+}
+
+/// Calls `f` on the `typed_config` of every HTTP filter of every listener.
+fn for_each_filter(root: &mut Yaml, f: &mut dyn FnMut(&mut Yaml)) {
     let Some(listeners) = root["static_resources"]["listeners"].as_sequence_mut() else {
         return;
     };
@@ -356,12 +447,7 @@ fn for_each_wasm(root: &mut Yaml, f: &mut dyn FnMut(&mut Yaml)) {
                     continue;
                 };
                 for hf in hfs {
-                    let tc = &mut hf["typed_config"];
-                    if tc["@type"].as_str()
-                        == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
-                    {
-                        f(&mut tc["config"]);
-                    }
+                    f(&mut hf["typed_config"]);
                 }
             }
         }
@@ -440,6 +526,10 @@ impl Envoy {
             .arg(&admin_path)
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--disable-hot-restart", "-l", "info"])
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                module_path().parent().unwrap_or(Path::new(".")),
+            )
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -759,7 +849,15 @@ impl Metrics {
     pub fn parse(text: &str) -> Metrics {
         // Envoy writes label-less samples as `name{} value`, which
         // prometheus-parse 0.2.5 skips; `name value` is the same sample.
-        let lines = text.lines().map(|l| Ok(l.replacen("{} ", " ", 1)));
+        // The module's stats: the wasm build's names (see
+        // MODULE_METRIC_PREFIX).
+        let lines = text.lines().map(|l| {
+            let l = l.replacen("{} ", " ", 1);
+            Ok(match l.strip_prefix("# TYPE ") {
+                Some(rest) => format!("# TYPE {}", rest.replacen(MODULE_METRIC_PREFIX, "", 1)),
+                None => l.replacen(MODULE_METRIC_PREFIX, "", 1),
+            })
+        });
         let scrape = prometheus_parse::Scrape::parse(lines)
             .unwrap_or_else(|e| panic!("cannot parse /stats/prometheus: {e}"));
         Metrics(scrape.samples)
@@ -904,10 +1002,14 @@ impl EcdsFile {
     pub fn write(&self, version: &str, plugin_json: &str) {
         let mut doc = self.template.clone();
         doc["version_info"] = Yaml::from(version);
-        let cfg = &mut doc["resources"][0]["typed_config"]["config"];
-        cfg["configuration"]["value"] = Yaml::from(plugin_json);
-        cfg["vm_config"]["code"]["local"]["filename"] =
-            Yaml::from(wasm_path().to_string_lossy().into_owned());
+        if Build::current() == Build::Module {
+            doc["resources"][0]["typed_config"] = module_typed_config(plugin_json);
+        } else {
+            let cfg = &mut doc["resources"][0]["typed_config"]["config"];
+            cfg["configuration"]["value"] = Yaml::from(plugin_json);
+            cfg["vm_config"]["code"]["local"]["filename"] =
+                Yaml::from(wasm_path().to_string_lossy().into_owned());
+        }
         let tmp = self.dir.path().join(".next.yaml");
         let text = serde_yaml::to_string(&doc).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
@@ -943,6 +1045,9 @@ impl EcdsFile {
         let pcs = &mut cd["config_source"]["path_config_source"];
         pcs["path"] = Yaml::from(format!("{dir}/{}", Self::FILE));
         pcs["watched_directory"]["path"] = Yaml::from(dir);
+        if Build::current() == Build::Module {
+            cd["type_urls"] = Yaml::Sequence(vec![Yaml::from(MODULE_FILTER_TYPE)]);
+        }
         b
     }
 }

@@ -78,6 +78,8 @@ pub struct Spec<'a> {
     pub listen: Address,
     pub admin: Address,
     pub wasm: String,
+    /// The dynamic-module build instead of the .wasm (`--module`).
+    pub module: bool,
     pub node: String,
     pub source: FilterSource,
     /// An OpenTelemetry collector (OTLP/gRPC) to export traces to.
@@ -162,6 +164,18 @@ pub fn bootstrap(spec: &Spec) -> String {
 #    fails safe to the monolith.
 "
     );
+    if spec.module {
+        let _ = write!(
+            out,
+            "#
+# The filter is the native dynamic module (`make module`), not the .wasm:
+# Envoy loads libtraffic_shift.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH
+# (e.g. ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/module envoy -c FILE). It
+# runs inside Envoy with Envoy's privileges and is built for one Envoy
+# version (README \"Two builds\").
+"
+        );
+    }
     match &spec.source {
         FilterSource::Inline => {}
         FilterSource::EcdsFile(path) => {
@@ -251,10 +265,12 @@ static_resources:
     match &spec.source {
         FilterSource::Inline => {
             out.push_str("            typed_config:\n");
-            out.push_str(&indent(
-                &wasm_typed_config(c, spec.config_json, &spec.wasm),
-                14,
-            ));
+            let tc = if spec.module {
+                module_typed_config(spec.config_json)
+            } else {
+                wasm_typed_config(c, spec.config_json, &spec.wasm)
+            };
+            out.push_str(&indent(&tc, 14));
         }
         FilterSource::EcdsFile(path) => {
             let dir = match path.rsplit_once('/') {
@@ -525,6 +541,29 @@ config:
         }
         None => {
             let _ = writeln!(out, "    value: {}", scalar(json));
+        }
+    }
+    out
+}
+
+/// The dynamic-module filter's `typed_config` (a
+/// `envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter`):
+/// the same configuration JSON, as a `StringValue`.
+fn module_typed_config(json: &str) -> String {
+    let mut out = String::from(
+        "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+dynamic_module_config: {name: traffic_shift}
+filter_name: traffic_shift
+filter_config:
+  \"@type\": type.googleapis.com/google.protobuf.StringValue
+",
+    );
+    match literal_block(json, 4) {
+        Some((indicator, lines)) => {
+            let _ = write!(out, "  value: {indicator}\n{lines}");
+        }
+        None => {
+            let _ = writeln!(out, "  value: {}", scalar(json));
         }
     }
     out

@@ -29,6 +29,8 @@ use crate::routes::PathMatch;
 use crate::stats::{EARLIER_STATS_TAGS, GRPC_STATUS_TAG, NEWER_STATS_TAGS, STATS_TAGS};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const MODULE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const MUTATION_TYPE: &str =
     "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation";
@@ -103,6 +105,8 @@ fn is_traffic_shift(hf: &Yaml) -> bool {
     hf["name"].as_str() == Some("traffic_shift")
         || (hf["typed_config"]["@type"].as_str() == Some(WASM_TYPE)
             && hf["typed_config"]["config"]["root_id"].as_str() == Some("traffic_shift"))
+        || (hf["typed_config"]["@type"].as_str() == Some(MODULE_TYPE)
+            && hf["typed_config"]["filter_name"].as_str() == Some("traffic_shift"))
 }
 
 /// Every HCM (static listeners) whose `http_filters` carry the filter.
@@ -585,18 +589,27 @@ fn check_stats_tags(f: &mut Findings, b: &Yaml) {
             None => f.error(format!(
                 "stats_config.stats_tags has no tag {name} (regex '{regex}'): traffic-shift's stats lose that label"
             )),
-            Some(t) if t["regex"].as_str() != Some(regex) => match EARLIER_STATS_TAGS
-                .iter()
-                .find(|(n, r, _)| n == name && t["regex"].as_str() == Some(*r))
+            // The regex of a release before the dynamic module (the wasm
+            // build's stats only) still labels the wasm build's stats.
+            Some(t)
+                if t["regex"].as_str() != Some(regex)
+                    && t["regex"].as_str() != Some(&wasm_only(regex)) =>
             {
-                Some((_, _, missing)) => f.warning(format!(
-                    "stats_config.stats_tags: tag {name} has an earlier release's regex: {missing}; traffic-shift's stats need '{regex}'"
-                )),
-                None => f.error(format!(
-                "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
-                t["regex"].as_str().unwrap_or("")
-                )),
-            },
+                match EARLIER_STATS_TAGS
+                    .iter()
+                    .find(|(n, r, _)| {
+                        n == name && t["regex"].as_str().map(wasm_only).as_deref() == Some(*r)
+                    })
+                {
+                    Some((_, _, missing)) => f.warning(format!(
+                        "stats_config.stats_tags: tag {name} has an earlier release's regex: {missing}; traffic-shift's stats need '{regex}'"
+                    )),
+                    None => f.error(format!(
+                        "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
+                        t["regex"].as_str().unwrap_or("")
+                    )),
+                }
+            }
             Some(_) => {}
         }
     }
@@ -611,12 +624,25 @@ fn check_grpc_status_tag(f: &mut Findings, tags: &[Yaml]) {
         None => f.warning(format!(
             "stats_config.stats_tags has no tag {name} (regex '{regex}'): the counts by gRPC status of routes with grpc keep the code in the stat name (regenerate the bootstrap with traffic-shift envoy)"
         )),
-        Some(t) if t["regex"].as_str() != Some(regex) => f.warning(format!(
-            "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
-            t["regex"].as_str().unwrap_or("")
-        )),
+        // A bootstrap printed before the dynamic module (wasm stats only)
+        // still labels the wasm build's stats.
+        Some(t)
+            if t["regex"].as_str() != Some(regex)
+                && t["regex"].as_str() != Some(&wasm_only(regex)) =>
+        {
+            f.warning(format!(
+                "stats_config.stats_tags: tag {name} has regex '{}', traffic-shift's stats need '{regex}'",
+                t["regex"].as_str().unwrap_or("")
+            ))
+        }
         Some(_) => {}
     }
+}
+
+/// A [`STATS_TAGS`] (or [`GRPC_STATUS_TAG`]) regex as the previous release wrote it: for the wasm
+/// build's `wasmcustom.` stats only.
+fn wasm_only(regex: &str) -> String {
+    regex.replacen("(?:wasmcustom|dynamicmodulescustom)", "wasmcustom", 1)
 }
 
 fn check_header_stripped(f: &mut Findings, hcm: &Hcm, config: &Config) {
@@ -647,6 +673,11 @@ fn check_failure_policy(f: &mut Findings, hcm: &Hcm) {
                 hcm.at
             ));
         }
+        return;
+    }
+    // The dynamic module has no failure policy: it catches its own panics
+    // and lets the request go on.
+    if tc["@type"].as_str() == Some(MODULE_TYPE) {
         return;
     }
     let c = &tc["config"];

@@ -32,6 +32,8 @@
 //!       (stats by gRPC status); gRPC variants are driven by `grpc-load`
 //!       (tonic, one HTTP/2 connection, the same number of RPCs in flight
 //!       as wrk's connections), not wrk: compare them with each other only
+//!   md, m, me, mg  the Envoy dynamic module (`make module`): no routes,
+//!       split + stats, + breaker, + guard (the same configs as d, s, e, g)
 //! then drives each in turn with wrk (same load, interleaved rounds, so
 //! machine drift hits all alike) and reports medians, the per-round ratio
 //! to (b) and the targets of issue 11 as medians of per-round ratios.
@@ -326,6 +328,31 @@ fn variants(base: &Bootstrap, grpc: &Bootstrap) -> Vec<Variant> {
         grpc.clone()
             .with_plugin_config(&grpc_split_config(r#", "grpc": {}"#)),
     ));
+    // The dynamic module with the same configs (the bootstrap's wasm
+    // filter turned into the module filter, same JSON).
+    let module = |json: &str| base.clone().with_plugin_config(json).as_module();
+    out.extend([
+        variant(
+            "md",
+            "module, no routes",
+            module(r#"{"monolith": "monolith", "routes": []}"#),
+        ),
+        variant(
+            "m",
+            "module, split + stats",
+            module(&split_config(1, false)),
+        ),
+        variant(
+            "me",
+            "module, split + stats + breaker",
+            module(&split_config(1, true)),
+        ),
+        variant(
+            "mg",
+            "module, split + stats + guard",
+            module(&split_config_with(1, GUARD)),
+        ),
+    ]);
     // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
     // release) with the (s) and (e) configs, to compare in the same run.
     if let Some(old) = std::env::var_os("BENCH_BASELINE_WASM") {
@@ -383,6 +410,22 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("split + stats vs native use_hash_policy", "s", "h", 0.90),
     ("+ breaker vs split + stats", "e", "s", 0.97),
     ("+ guard vs split + stats", "g", "s", 0.0),
+    (
+        "module split + stats vs native use_hash_policy",
+        "m",
+        "h",
+        0.95,
+    ),
+    ("module split + stats vs wasm split + stats", "m", "s", 0.0),
+    ("module split + stats vs Lua", "m", "c", 0.0),
+    ("module + breaker vs module split + stats", "me", "m", 0.97),
+    ("module + guard vs module split + stats", "mg", "m", 0.97),
+    (
+        "p99: module split + stats vs native use_hash_policy",
+        "p99:m",
+        "h",
+        0.0,
+    ),
     ("body callbacks exported vs not", "s", "snb", 0.0),
     ("+ shadow at 0 % vs split + stats", "w0", "s", 0.0),
     ("+ shadow at 5 % vs split + stats", "w5", "s", 0.0),

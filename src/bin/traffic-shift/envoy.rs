@@ -17,7 +17,7 @@ use traffic_shift::envoy::named_clusters;
 
 use super::quoted;
 
-pub const USAGE: &str = "usage: traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [--listen HOST:PORT] [--admin HOST:PORT] [--wasm PATH] [--node ID] [--ecds-file PATH | --ads HOST:PORT] [--otlp HOST:PORT] [--h2 NAME]..., or PLUGIN.json --routes-only, or PLUGIN.json --ecds-resource VERSION [--wasm PATH]";
+pub const USAGE: &str = "usage: traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [--listen HOST:PORT] [--admin HOST:PORT] [--wasm PATH] [--node ID] [--ecds-file PATH | --ads HOST:PORT] [--otlp HOST:PORT] [--h2 NAME]... [--module], or PLUGIN.json --routes-only, or PLUGIN.json --ecds-resource VERSION [--wasm PATH]";
 
 pub const HELP: &str = "traffic-shift envoy PLUGIN.json --cluster NAME=HOST:PORT... [options]
 traffic-shift envoy PLUGIN.json --routes-only
@@ -46,6 +46,9 @@ filter's stats, trace tags and an access log with the decision.
   --ads HOST:PORT        the filter's configuration from ECDS over ADS, from the
                          control plane at HOST:PORT
   --otlp HOST:PORT       export traces by OTLP/gRPC to a collector at HOST:PORT
+  --module               the native Envoy dynamic module (make module) instead
+                         of the .wasm, loaded from ENVOY_DYNAMIC_MODULES_SEARCH_PATH
+                         (not with --wasm, --ecds-file or --ads)
   --routes-only          print only the route configuration, for a bootstrap of
                          your own
   --ecds-resource VERSION
@@ -133,11 +136,17 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
     let mut h2: Vec<String> = Vec::new();
     let mut single: Vec<(&'static str, String)> = Vec::new();
     let mut routes_only = false;
+    let mut module = false;
     let mut rest = args.iter().skip(1);
     while let Some(flag) = rest.next() {
         if flag == "--routes-only" {
             routes_only = true;
             command.push("--routes-only".into());
+            continue;
+        }
+        if flag == "--module" {
+            module = true;
+            command.push("--module".into());
             continue;
         }
         let Some(name) = WITH_VALUE.iter().copied().find(|f| flag == *f) else {
@@ -205,6 +214,16 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
     }
     if get("--ecds-file").is_some() && get("--ads").is_some() {
         return Err("--ecds-file and --ads: choose one".into());
+    }
+    if module {
+        if let Some(piece) = piece {
+            return Err(format!("--module does not apply to {piece}"));
+        }
+        for n in ["--wasm", "--ecds-file", "--ads"] {
+            if get(n).is_some() {
+                return Err(format!("{n} does not apply to --module"));
+            }
+        }
     }
     let listen = address("--listen", DEFAULT_LISTEN)?;
     let admin = address("--admin", DEFAULT_ADMIN)?;
@@ -290,6 +309,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode, String> {
                 listen,
                 admin,
                 wasm: get("--wasm").unwrap_or(DEFAULT_WASM).to_string(),
+                module,
                 node: get("--node").unwrap_or(DEFAULT_NODE).to_string(),
                 source,
                 otlp,
