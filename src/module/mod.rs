@@ -151,6 +151,27 @@ unsafe fn filter<'a>(ptr: *const c_void) -> Option<&'a mut Filter> {
     unsafe { (ptr as *mut Filter).as_mut() }
 }
 
+/// Runs one stream step on the filter behind `filter_module`, catching a
+/// panic (counted and logged; the stream goes on); the hook then answers
+/// "continue".
+///
+/// # Safety
+/// See [`filter`]; `filter_envoy` is valid during the hook.
+unsafe fn stream_step(
+    filter_envoy: FilterPtr,
+    filter_module: *const c_void,
+    step: impl FnOnce(&mut Filter, &Http),
+) -> u32 {
+    // SAFETY: the caller's contract.
+    if let Some(f) = unsafe { filter(filter_module) } {
+        let http = Http::new(filter_envoy);
+        if catch_unwind(AssertUnwindSafe(|| step(&mut *f, &http))).is_err() {
+            f.panicked();
+        }
+    }
+    abi::CONTINUE
+}
+
 /// Loaded: a panic (caught by the hook it happens in) is logged through
 /// Envoy's log, not printed on its stderr.
 #[no_mangle]
@@ -325,18 +346,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: the caller's contract.
-    if let Some(f) = unsafe { filter(filter_module) } {
-        let http = Http::new(filter_envoy);
-        let r = catch_unwind(AssertUnwindSafe(|| {
+    unsafe {
+        stream_step(filter_envoy, filter_module, |f, http| {
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange
-                .on_request_body(&s.host, &http, &s.plan, &l.worker, 0, end_of_stream)
-        }));
-        if r.is_err() {
-            f.panicked();
-        }
+                .on_request_body(&s.host, http, &s.plan, &l.worker, 0, end_of_stream);
+        })
     }
-    abi::CONTINUE
 }
 
 /// # Safety
@@ -348,20 +364,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: the caller's contract.
-    if let Some(f) = unsafe { filter(filter_module) } {
-        let http = Http::new(filter_envoy);
-        let r = catch_unwind(AssertUnwindSafe(|| {
+    unsafe {
+        stream_step(filter_envoy, filter_module, |f, http| {
             f.tick();
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange
-                .on_response_headers(&s.host, &http, &s.plan, &l.worker, end_of_stream);
+                .on_response_headers(&s.host, http, &s.plan, &l.worker, end_of_stream);
             flow::counters::flush(&s.host, &l.worker.counters);
-        }));
-        if r.is_err() {
-            f.panicked();
-        }
+        })
     }
-    abi::CONTINUE
 }
 
 /// # Safety
@@ -373,18 +384,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: the caller's contract.
-    if let Some(f) = unsafe { filter(filter_module) } {
-        let http = Http::new(filter_envoy);
-        let r = catch_unwind(AssertUnwindSafe(|| {
+    unsafe {
+        stream_step(filter_envoy, filter_module, |f, http| {
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange
-                .on_response_body(&s.host, &http, &s.plan, &l.worker, 0, end_of_stream)
-        }));
-        if r.is_err() {
-            f.panicked();
-        }
+                .on_response_body(&s.host, http, &s.plan, &l.worker, 0, end_of_stream);
+        })
     }
-    abi::CONTINUE
 }
 
 /// Request trailers: a shadowed request's side ends here.
@@ -393,20 +399,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 /// See [`filter`].
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _filter_envoy: FilterPtr,
+    filter_envoy: FilterPtr,
     filter_module: *const c_void,
 ) -> u32 {
     // SAFETY: the caller's contract.
-    if let Some(f) = unsafe { filter(filter_module) } {
-        let r = catch_unwind(AssertUnwindSafe(|| {
+    unsafe {
+        stream_step(filter_envoy, filter_module, |f, _| {
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange.on_request_trailers(&s.host, &s.plan, &l.worker);
-        }));
-        if r.is_err() {
-            f.panicked();
-        }
+        })
     }
-    abi::CONTINUE
 }
 
 /// Response trailers: a gRPC response's outcome (`grpc-status`).
@@ -419,19 +421,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     filter_module: *const c_void,
 ) -> u32 {
     // SAFETY: the caller's contract.
-    if let Some(f) = unsafe { filter(filter_module) } {
-        let http = Http::new(filter_envoy);
-        let r = catch_unwind(AssertUnwindSafe(|| {
+    unsafe {
+        stream_step(filter_envoy, filter_module, |f, http| {
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange
-                .on_response_trailers(&s.host, &http, &s.plan, &l.worker);
+                .on_response_trailers(&s.host, http, &s.plan, &l.worker);
             flow::counters::flush(&s.host, &l.worker.counters);
-        }));
-        if r.is_err() {
-            f.panicked();
-        }
+        })
     }
-    abi::CONTINUE
 }
 
 /// The stream is gone: the flow's end, then the stream's state.
