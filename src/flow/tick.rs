@@ -24,8 +24,8 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// belongs to ([`Config::filter_identity`]), for its breaker keys.
 pub fn configure(host: &impl Host, config: Config, filter: u64) -> (Plan, Worker) {
     for (i, r) in config.routes.iter().enumerate() {
-        let g = r.guard.as_ref();
-        if g.and_then(|g| g.max_latency_ratio) != g.and_then(|g| g.latency_ratio()) {
+        let ratio = r.guard.as_ref().and_then(|g| g.max_latency_ratio);
+        if ratio.is_some_and(|x| x < crate::guard::MIN_LATENCY_RATIO) {
             log::warn!(
                 "routes[{i}].guard.max_latency_ratio is below one latency bucket: judged as 1.19"
             );
