@@ -801,7 +801,24 @@ async fn main() {
         .map(|r| r["rps"].as_f64().unwrap_or(0.0))
         .collect();
     let mut summary = Vec::new();
-    for (Variant { key, name, .. }, _) in &envoys {
+    let mut tripped_guards = Vec::new();
+    for (Variant { key, name, .. }, envoy) in &envoys {
+        // A guard that tripped during the run sends every request of its
+        // route to the monolith: the variant then measured another path.
+        let tripped: f64 = envoy
+            .metrics()
+            .await
+            .0
+            .iter()
+            .filter(|s| s.metric == "traffic_shift_guard_tripped")
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .sum();
+        if tripped > 0.0 {
+            tripped_guards.push(*key);
+        }
         let rs = &runs[key];
         let get = |f: &dyn Fn(&Value) -> f64| median(rs.iter().map(f).collect());
         let ratio = median(
@@ -830,6 +847,7 @@ async fn main() {
             "latency_us": pct,
             "rss_mib": get(&|r| r["rss_kib"].as_f64().unwrap_or(0.0)) / 1024.0,
             "errors": errors,
+            "guard_tripped": tripped > 0.0,
         }));
     }
 
@@ -887,6 +905,12 @@ async fn main() {
     let rps = |r: &Value| r["rps"].as_f64().unwrap_or(0.0);
     let p99 = |r: &Value| r["latency_us"]["99"].as_f64().unwrap_or(0.0);
     let mut targets = Vec::new();
+    if !tripped_guards.is_empty() {
+        md.push_str(&format!(
+            "\nA guard tripped during the run in ({}): its route then sent every request to the monolith.\n",
+            tripped_guards.join("), (")
+        ));
+    }
     md.push_str("\n| target | ratio | goal | |\n|---|---:|---:|---|\n");
     for (label, num, den, goal) in TARGETS {
         let (num, f): (&str, &dyn Fn(&Value) -> f64) = match num.strip_prefix("p99:") {
