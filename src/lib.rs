@@ -22,6 +22,8 @@
 //! - [`routes`]: the route table (first match wins, cost flat in route count).
 //! - [`shadow`]: shadow compare (the side not chosen answers too; verdicts,
 //!   learned noise); [`compare`]: JSON bodies compared field by field.
+//! - `callout` (native only): a call's answer as a native host collects
+//!   it, and the mailbox that carries it to the worker that sent the call.
 //! - [`cookie`]: finding one cookie in a `Cookie` header.
 //! - [`stats`]: every stat name, the label regexes, response accounting.
 //! - `envoy/` (native only, for the CLI): the Envoy bootstrap a
@@ -45,6 +47,8 @@
 )]
 
 pub mod breaker;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod callout;
 pub mod compare;
 pub mod config;
 pub mod cookie;

@@ -620,6 +620,23 @@ impl Envoy {
             .unwrap_or_else(|e| panic!("admin {path}: {e}"))
     }
 
+    /// Gives Envoy's workers a hook to run, for the dynamic module: it
+    /// hands a shadow's answer to the flow on the sending worker's next
+    /// hook (README "Two builds"), so a test that waits for results while
+    /// that worker is otherwise idle pokes it now and then. One GET of a
+    /// path no test route matches (the monolith answers), on a new
+    /// connection (another worker may take it). Nothing for the wasm build.
+    pub async fn poke(&self) {
+        if Build::current() != Build::Module {
+            return;
+        }
+        let c = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_else(|e| panic!("client: {e}"));
+        let _ = c.get(self.url("/__poke")).send().await;
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -91,7 +91,8 @@ async fn gets(stack: &Stack, path: &str, n: usize, extra: &[(&str, &str)]) -> us
 }
 
 /// Scrapes until route `route` has `n` results (shadows may still be out
-/// when the primaries are done), 10 s at most.
+/// when the primaries are done), 10 s at most. Pokes the worker between
+/// scrapes (the module compares an answer on the worker's next hook).
 async fn settled(stack: &Stack, route: &str, n: f64) -> Metrics {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -99,6 +100,7 @@ async fn settled(stack: &Stack, route: &str, n: f64) -> Metrics {
         if total(&m, route) >= n || Instant::now() > deadline {
             return m;
         }
+        stack.envoy.poke().await;
     }
 }
 

@@ -73,12 +73,24 @@ pub const CONTINUE: u32 = 0;
 pub const STOP_ITERATION: u32 = 1;
 
 /// `envoy_dynamic_module_type_log_level`.
+pub const LOG_DEBUG: u32 = 1;
 pub const LOG_INFO: u32 = 2;
 pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 
+/// `envoy_dynamic_module_type_http_body_type`: the chunk a body hook
+/// received.
+pub const RECEIVED_REQUEST_BODY: u32 = 0;
+pub const RECEIVED_RESPONSE_BODY: u32 = 2;
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success`.
+pub const CALLOUT_STARTED: u32 = 0;
+
 pub type ConfigPtr = *mut c_void;
 pub type FilterPtr = *mut c_void;
+/// A configuration scheduler (`..._http_filter_config_scheduler_module_ptr`):
+/// Envoy allocates it, the module deletes it.
+pub type SchedulerPtr = *mut c_void;
 
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: u32, message: Buf);
@@ -166,6 +178,47 @@ extern "C" {
     ) -> bool;
 
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter: FilterPtr);
+
+    pub fn envoy_dynamic_module_callback_http_get_body_size(
+        filter: FilterPtr,
+        body_type: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: FilterPtr,
+        body_type: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: FilterPtr,
+        body_type: u32,
+        result: *mut Buf,
+    ) -> bool;
+
+    /// Posts `event_id` to the main thread's dispatcher; Envoy then calls
+    /// `envoy_dynamic_module_on_http_filter_config_scheduled` there.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigPtr,
+    ) -> SchedulerPtr;
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: SchedulerPtr,
+    );
+
+    /// A call out on the configuration (main thread only: it uses the
+    /// main thread's cluster manager); the answer comes in the
+    /// `..._config_http_stream_*` hooks. Returns an init result.
+    pub fn envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+        config: ConfigPtr,
+        stream_id: *mut u64,
+        cluster: Buf,
+        headers: *const Header,
+        headers_len: usize,
+        body: Buf,
+        end_stream: bool,
+        timeout_ms: u64,
+    ) -> u32;
 
     pub fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
         filter: FilterPtr,

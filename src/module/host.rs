@@ -7,15 +7,18 @@
 //!   them to its own Envoy ids;
 //! - the store the breaker and guard share: process memory behind a
 //!   `Mutex` (no host call; every worker and the main thread see it);
-//! - calls out: not sent by the module yet (the flow counts a shadow call
-//!   the host refuses as `error`).
+//! - calls out: [`OnWorker`], the host the hooks give the flow on a
+//!   worker thread, queues each call for the main thread (`calls.rs`) and,
+//!   while an answer from its mailbox is delivered, reads that answer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::abi::{self, Buf, ConfigPtr, FilterPtr, Header};
+use super::calls::Calls;
+use crate::callout::{Answer, Mailbox};
 use crate::decision::{Reason, FILTER_STATE_KEY};
 use crate::flow::shadow::Call;
 use crate::flow::{Host, Stream};
@@ -312,6 +315,58 @@ impl Host for Native {
     }
 }
 
+/// The flow's host on a worker thread: Envoy's configuration (metrics,
+/// clock, store), its calls out with this worker's mailbox, and while an
+/// answer is being delivered, that answer.
+pub struct OnWorker<'a> {
+    pub native: &'a Native,
+    pub calls: &'a Calls,
+    pub mailbox: &'a Arc<Mailbox>,
+    pub answer: Option<&'a Answer>,
+}
+
+impl Host for OnWorker<'_> {
+    fn now(&self) -> Duration {
+        now()
+    }
+
+    fn define_metric(&self, kind: Kind, name: &str) -> Option<u32> {
+        self.native.define_metric(kind, name)
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        self.native.write(id, value);
+    }
+
+    fn increment_metric(&self, id: u32, delta: u64) {
+        self.native.write(id, delta);
+    }
+
+    fn store_get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        store_get(key)
+    }
+
+    fn store_set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool {
+        store_set(key, value, cas)
+    }
+
+    fn send_call(&self, call: Call) -> Option<u32> {
+        self.calls.send(call, self.mailbox)
+    }
+
+    fn call_response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.answer?.header(name)
+    }
+
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.answer?.body(size)
+    }
+
+    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.answer?.trailer(name)
+    }
+}
+
 /// The HTTP stream whose hook is running.
 pub struct Http {
     pub filter: FilterPtr,
@@ -324,6 +379,41 @@ impl Http {
         Http {
             filter,
             rerouted: Cell::new(false),
+        }
+    }
+
+    /// Bytes in the body chunk this hook received (`body_type`: request
+    /// or response).
+    pub fn body_size(&self, body_type: u32) -> usize {
+        // SAFETY: `filter` is valid during the hook.
+        unsafe { abi::envoy_dynamic_module_callback_http_get_body_size(self.filter, body_type) }
+    }
+
+    /// The body chunk this hook received, if it has `size` bytes.
+    fn body(&self, body_type: u32, size: usize) -> Option<Vec<u8>> {
+        // SAFETY: `filter` is valid during the hook; `chunks` has room for
+        // the count Envoy just gave; the chunks stay valid until the hook
+        // ends and we copy them at once.
+        unsafe {
+            let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(
+                self.filter,
+                body_type,
+            );
+            let mut chunks = vec![Buf::NULL; n];
+            if n == 0
+                || !abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.filter,
+                    body_type,
+                    chunks.as_mut_ptr(),
+                )
+            {
+                return None;
+            }
+            let mut out = Vec::with_capacity(size);
+            for c in chunks {
+                out.extend_from_slice(c.bytes().unwrap_or_default());
+            }
+            (out.len() == size).then_some(out)
         }
     }
 
@@ -479,11 +569,11 @@ impl Stream for Http {
         }
     }
 
-    fn request_body(&self, _size: usize) -> Option<Vec<u8>> {
-        None
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.body(abi::RECEIVED_REQUEST_BODY, size)
     }
 
-    fn response_body(&self, _size: usize) -> Option<Vec<u8>> {
-        None
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.body(abi::RECEIVED_RESPONSE_BODY, size)
     }
 }

@@ -29,6 +29,7 @@
 //! import against the pinned binary and drives each through Envoy.
 
 mod abi;
+mod calls;
 mod host;
 
 use std::cell::{Cell, RefCell};
@@ -38,12 +39,14 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
+use crate::callout::Mailbox;
 use crate::config::Config;
 use crate::flow::tick::Live;
 use crate::flow::{self, Exchange, Host, Next, Plan, Stream, Worker};
 use crate::stats::{Kind, PREFIX};
 use abi::{Buf, ConfigPtr, FilterPtr};
-use host::{Defining, Http, Native};
+use calls::Calls;
+use host::{Defining, Http, Native, OnWorker};
 
 /// The ABI version our declarations follow (NUL-terminated for Envoy).
 const ABI_VERSION: &[u8] = b"v0.1.0\0";
@@ -56,12 +59,17 @@ struct Shared {
     id: u32,
     /// Host id of `traffic_shift.module_panics`.
     panics: Option<u32>,
+    /// Shadow calls out, sent from the main thread.
+    calls: Calls,
 }
 
 // SAFETY: `Native` holds Envoy's filter-configuration pointer, which Envoy
 // keeps alive while the configuration exists (we hold it no longer) and
 // whose metric callbacks may be called from any thread; the plan is
-// `Send + Sync`.
+// `Send + Sync`. `Calls` holds Envoy's configuration scheduler, whose
+// commit any thread may call (it posts to the main thread's dispatcher)
+// and which is deleted only when the last reference to `Shared` goes; its
+// queues are behind locks.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
@@ -83,6 +91,8 @@ struct Local {
     worker: Worker,
     /// When this worker's next tick is due (ms since the epoch).
     next_tick: Cell<u64>,
+    /// Answers to this worker's calls out, posted by the main thread.
+    mailbox: Arc<Mailbox>,
 }
 
 thread_local! {
@@ -104,10 +114,22 @@ fn local(shared: &Arc<Shared>) -> Rc<Local> {
         let l = Rc::new(Local {
             worker: Worker::new(&shared.plan),
             next_tick: Cell::new(0),
+            mailbox: Arc::new(Mailbox::default()),
         });
         w.push((Arc::downgrade(shared), l.clone()));
         l
     })
+}
+
+/// The flow's host for `shared` on this worker (no answer being
+/// delivered).
+fn on_worker<'a>(shared: &'a Shared, local: &'a Local) -> OnWorker<'a> {
+    OnWorker {
+        native: &shared.host,
+        calls: &shared.calls,
+        mailbox: &local.mailbox,
+        answer: None,
+    }
 }
 
 /// One HTTP stream.
@@ -118,6 +140,11 @@ struct Filter {
 }
 
 impl Filter {
+    /// The flow's host on this worker (no answer being delivered).
+    fn host(&self) -> OnWorker<'_> {
+        on_worker(&self.shared, &self.local)
+    }
+
     /// Runs the flow's tick when due on this worker.
     fn tick(&self) {
         let (s, l) = (&*self.shared, &*self.local);
@@ -126,7 +153,31 @@ impl Filter {
             return;
         }
         l.next_tick.set(now + flow::tick::TICK.as_millis() as u64);
-        flow::tick::tick(&s.host, &s.plan, &l.worker, &live(), s.id);
+        flow::tick::tick(&self.host(), &s.plan, &l.worker, &live(), s.id);
+    }
+
+    /// Hands the answers the main thread posted to this worker to the
+    /// flow (one relaxed load when there are none).
+    fn poll(&self) {
+        let l = &*self.local;
+        if !l.mailbox.has_mail() {
+            return;
+        }
+        for d in l.mailbox.take() {
+            let (num_headers, body_size) = d.sizes();
+            let host = OnWorker {
+                answer: d.answer.as_ref(),
+                ..self.host()
+            };
+            flow::shadow::on_answer(
+                &host,
+                &self.shared.plan,
+                &l.worker,
+                d.token,
+                num_headers,
+                body_size,
+            );
+        }
     }
 
     /// Counts a caught panic.
@@ -165,15 +216,41 @@ unsafe fn stream_step(
     // SAFETY: the caller's contract.
     if let Some(f) = unsafe { filter(filter_module) } {
         let http = Http::new(filter_envoy);
-        if catch_unwind(AssertUnwindSafe(|| step(&mut *f, &http))).is_err() {
+        let run = || {
+            f.poll();
+            step(&mut *f, &http)
+        };
+        if catch_unwind(AssertUnwindSafe(run)).is_err() {
             f.panicked();
         }
     }
     abi::CONTINUE
 }
 
+/// The flow's `log` records (shadow mismatches, configuration warnings)
+/// into Envoy's log, as the proxy-wasm SDK does for the wasm build.
+struct EnvoyLog;
+
+impl ::log::Log for EnvoyLog {
+    fn enabled(&self, metadata: &::log::Metadata) -> bool {
+        metadata.level() <= ::log::Level::Info
+    }
+
+    fn log(&self, record: &::log::Record) {
+        let level = match record.level() {
+            ::log::Level::Error => abi::LOG_ERROR,
+            ::log::Level::Warn => abi::LOG_WARN,
+            ::log::Level::Info => abi::LOG_INFO,
+            _ => abi::LOG_DEBUG,
+        };
+        log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
 /// Loaded: a panic (caught by the hook it happens in) is logged through
-/// Envoy's log, not printed on its stderr.
+/// Envoy's log, not printed on its stderr; so are the flow's `log` records.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     std::panic::set_hook(Box::new(|info| {
@@ -182,6 +259,10 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
             &format!("caught panic (request sent on): {info}"),
         );
     }));
+    static LOGGER: EnvoyLog = EnvoyLog;
+    if ::log::set_logger(&LOGGER).is_ok() {
+        ::log::set_max_level(::log::LevelFilter::Info);
+    }
     ABI_VERSION.as_ptr()
 }
 
@@ -220,15 +301,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 config.target_header
             ),
         );
-        if let Some(r) = config.routes.iter().find(|r| r.shadow.is_some()) {
-            log(
-                abi::LOG_WARN,
-                &format!(
-                    "route {}: shadow compare is not in the dynamic module yet (README \"Two builds\"): every shadow drawn counts as result error",
-                    r.name
-                ),
-            );
-        }
         let defining = Defining::new(config_envoy);
         let panics = defining.define_metric(Kind::Counter, &format!("{PREFIX}.module_panics"));
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +313,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             host,
             id,
             panics,
+            calls: Calls::new(config_envoy),
         });
         Arc::into_raw(shared) as *const c_void
     }))
@@ -311,9 +384,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             panic!("x-test-trap: deliberate panic (test-trap build)");
         }
         f.tick();
+        f.poll();
         let (s, l) = (&*f.shared, &*f.local);
         f.exchange
-            .on_request_headers(&s.host, &http, &s.plan, &l.worker, end_of_stream)
+            .on_request_headers(&on_worker(s, l), &http, &s.plan, &l.worker, end_of_stream)
     }));
     let next = next.unwrap_or_else(|_| {
         f.panicked();
@@ -348,9 +422,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     // SAFETY: the caller's contract.
     unsafe {
         stream_step(filter_envoy, filter_module, |f, http| {
+            // The chunk's size is read only for a shadowed request.
+            let size = match f.exchange.shadow {
+                Some(_) => http.body_size(abi::RECEIVED_REQUEST_BODY),
+                None => 0,
+            };
             let (s, l) = (&*f.shared, &*f.local);
-            f.exchange
-                .on_request_body(&s.host, http, &s.plan, &l.worker, 0, end_of_stream);
+            f.exchange.on_request_body(
+                &on_worker(s, l),
+                http,
+                &s.plan,
+                &l.worker,
+                size,
+                end_of_stream,
+            );
         })
     }
 }
@@ -368,9 +453,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         stream_step(filter_envoy, filter_module, |f, http| {
             f.tick();
             let (s, l) = (&*f.shared, &*f.local);
+            let host = on_worker(s, l);
             f.exchange
-                .on_response_headers(&s.host, http, &s.plan, &l.worker, end_of_stream);
-            flow::counters::flush(&s.host, &l.worker.counters);
+                .on_response_headers(&host, http, &s.plan, &l.worker, end_of_stream);
+            flow::counters::flush(&host, &l.worker.counters);
         })
     }
 }
@@ -386,9 +472,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     // SAFETY: the caller's contract.
     unsafe {
         stream_step(filter_envoy, filter_module, |f, http| {
+            // The chunk's size is read only for a shadowed request.
+            let size = match f.exchange.shadow {
+                Some(_) => http.body_size(abi::RECEIVED_RESPONSE_BODY),
+                None => 0,
+            };
             let (s, l) = (&*f.shared, &*f.local);
-            f.exchange
-                .on_response_body(&s.host, http, &s.plan, &l.worker, 0, end_of_stream);
+            f.exchange.on_response_body(
+                &on_worker(s, l),
+                http,
+                &s.plan,
+                &l.worker,
+                size,
+                end_of_stream,
+            );
         })
     }
 }
@@ -406,7 +503,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     unsafe {
         stream_step(filter_envoy, filter_module, |f, _| {
             let (s, l) = (&*f.shared, &*f.local);
-            f.exchange.on_request_trailers(&s.host, &s.plan, &l.worker);
+            f.exchange
+                .on_request_trailers(&on_worker(s, l), &s.plan, &l.worker);
         })
     }
 }
@@ -424,9 +522,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     unsafe {
         stream_step(filter_envoy, filter_module, |f, http| {
             let (s, l) = (&*f.shared, &*f.local);
+            let host = on_worker(s, l);
             f.exchange
-                .on_response_trailers(&s.host, http, &s.plan, &l.worker);
-            flow::counters::flush(&s.host, &l.worker.counters);
+                .on_response_trailers(&host, http, &s.plan, &l.worker);
+            flow::counters::flush(&host, &l.worker.counters);
         })
     }
 }
@@ -443,13 +542,132 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_modu
     // SAFETY: the pointer came from `Box::into_raw`; Envoy destroys it once.
     let mut f = unsafe { Box::from_raw(filter_module as *mut Filter) };
     let r = catch_unwind(AssertUnwindSafe(|| {
+        f.poll();
         let (s, l) = (&*f.shared, &*f.local);
-        f.exchange.end(&s.host, &s.plan, &l.worker);
-        flow::counters::flush(&s.host, &l.worker.counters);
+        let host = on_worker(s, l);
+        f.exchange.end(&host, &s.plan, &l.worker);
+        flow::counters::flush(&host, &l.worker.counters);
     }));
     if r.is_err() {
         f.panicked();
     }
+}
+
+/// Runs `f` on the configuration behind `config_module` (a main-thread
+/// event of its calls out), catching a panic.
+///
+/// # Safety
+/// `config_module`: from [`envoy_dynamic_module_on_http_filter_config_new`],
+/// not destroyed (Envoy calls these hooks only while the configuration
+/// exists).
+unsafe fn on_config(config_module: *const c_void, f: impl FnOnce(&Shared)) {
+    // SAFETY: the caller's contract.
+    let Some(shared) = (unsafe { (config_module as *const Shared).as_ref() }) else {
+        return;
+    };
+    if catch_unwind(AssertUnwindSafe(|| f(shared))).is_err() {
+        if let Some(id) = shared.panics {
+            shared.host.increment_metric(id, 1);
+        }
+    }
+}
+
+/// Main thread: workers queued calls out; they start here.
+///
+/// # Safety
+/// Envoy's contract: see [`on_config`]; `config_envoy` valid during the
+/// hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: ConfigPtr,
+    config_module: *const c_void,
+    _event_id: u64,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { on_config(config_module, |s| s.calls.start_queued(config_envoy)) }
+}
+
+/// Main thread: a call's response headers.
+///
+/// # Safety
+/// See [`on_config`]; `headers` valid for `n` during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    _config_envoy: ConfigPtr,
+    config_module: *const c_void,
+    stream_id: u64,
+    headers: *const abi::Header,
+    n: usize,
+    _end_stream: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { on_config(config_module, |s| s.calls.on_headers(stream_id, headers, n)) }
+}
+
+/// Main thread: a chunk of a call's response body.
+///
+/// # Safety
+/// See [`on_config`]; `chunks` valid for `n` during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    _config_envoy: ConfigPtr,
+    config_module: *const c_void,
+    stream_id: u64,
+    chunks: *const Buf,
+    n: usize,
+    _end_stream: bool,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { on_config(config_module, |s| s.calls.on_data(stream_id, chunks, n)) }
+}
+
+/// Main thread: a call's response trailers (gRPC: `grpc-status`).
+///
+/// # Safety
+/// See [`on_config`]; `trailers` valid for `n` during the hook.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    _config_envoy: ConfigPtr,
+    config_module: *const c_void,
+    stream_id: u64,
+    trailers: *const abi::Header,
+    n: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        on_config(config_module, |s| {
+            s.calls.on_trailers(stream_id, trailers, n)
+        })
+    }
+}
+
+/// Main thread: a call is answered; its worker gets the answer.
+///
+/// # Safety
+/// See [`on_config`].
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    _config_envoy: ConfigPtr,
+    config_module: *const c_void,
+    stream_id: u64,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { on_config(config_module, |s| s.calls.on_end(stream_id, true)) }
+}
+
+/// Main thread: a call failed (reset); its worker gets a failed answer.
+///
+/// # Safety
+/// See [`on_config`].
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    _config_envoy: ConfigPtr,
+    config_module: *const c_void,
+    stream_id: u64,
+    _reason: u32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { on_config(config_module, |s| s.calls.on_end(stream_id, false)) }
 }
 
 // The hooks Envoy resolves and we do not use: each does nothing (the
@@ -484,19 +702,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 {
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled() {}
-#[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done() {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers() {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data() {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers() {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete() {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset() {}
 /// No per-route configuration (null refuses one).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new() -> *const c_void {
