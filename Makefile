@@ -135,7 +135,7 @@ unit:
 # switch TRAFFIC_SHIFT_BUILD=module); tests/module.rs runs in the first pass.
 # guard.rs passes against the module too but takes ~2.5 min: run it by hand
 # (TRAFFIC_SHIFT_BUILD=module cargo test -p integration --test guard).
-MODULE_TESTS := --test split --test stats --test breaker --test guard --test live_config --test reload --test tracing --test hostile --test grpc
+MODULE_TESTS := --test split --test stats --test breaker --test guard --test live_config --test reload --test tracing --test hostile --test grpc --test shadow --test shadow_json
 
 integration: build envoy k8s-schema-deps
 	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib --features test-trap --target-dir target/trap

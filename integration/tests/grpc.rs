@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use integration::{Bootstrap, Build, Metrics, Stack, Upstream};
+use integration::{Bootstrap, Metrics, Stack, Upstream};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -265,15 +265,37 @@ fn shadow(m: &Metrics, result: &str) -> f64 {
     )
 }
 
+/// Scrapes until route `orders` has `n` shadow results, 10 s at most,
+/// poking the worker between scrapes (the module compares an answer on
+/// the worker's next hook).
+async fn shadows_settled(stack: &Stack, n: f64) -> Metrics {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut m = stack.envoy.metrics().await;
+    loop {
+        let total: f64 = ["match", "header", "body", "error", "skipped", "timeout"]
+            .iter()
+            .map(|r| {
+                m.value(
+                    "traffic_shift_shadow",
+                    &[("route", "orders"), ("result", r)],
+                )
+                .unwrap_or(0.0)
+            })
+            .sum();
+        if total >= n || std::time::Instant::now() > deadline {
+            return m;
+        }
+        stack.envoy.poke().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = stack.envoy.metrics_now().await;
+    }
+}
+
 const SHADOW: &str =
     r#", "grpc": {}, "shadow": {"percent": 100, "methods": ["POST"], "compare_body": true}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_shadow_matches_equal_answers_and_not_another_grpc_status() {
-    if Build::current() == Build::Module {
-        // Shadow compare is not in the dynamic module (README "Two builds").
-        return;
-    }
     // The monolith answers; the service is the shadow. Same message bytes.
     let same = ["--message", "same"];
     let stack = start(&config(0, SHADOW), &same, &same).await;
@@ -281,7 +303,7 @@ async fn a_unary_shadow_matches_equal_answers_and_not_another_grpc_status() {
     for _ in 0..10 {
         assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
     }
-    let m = stack.envoy.metrics().await;
+    let m = shadows_settled(&stack, 10.0).await;
     assert_eq!(shadow(&m, "match"), 10.0);
     assert_eq!(
         shadow(&m, "header") + shadow(&m, "body") + shadow(&m, "skipped"),
@@ -300,7 +322,7 @@ async fn a_unary_shadow_matches_equal_answers_and_not_another_grpc_status() {
     for _ in 0..10 {
         assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
     }
-    let m = stack.envoy.metrics().await;
+    let m = shadows_settled(&stack, 10.0).await;
     assert_eq!(shadow(&m, "header"), 10.0);
     assert_eq!(shadow(&m, "match"), 0.0);
     drop(stack);
@@ -311,17 +333,13 @@ async fn a_unary_shadow_matches_equal_answers_and_not_another_grpc_status() {
     for _ in 0..10 {
         assert_eq!(unary(&mut c).await.as_deref(), Ok("same"));
     }
-    let m = stack.envoy.metrics().await;
+    let m = shadows_settled(&stack, 10.0).await;
     assert_eq!(shadow(&m, "body"), 10.0);
     assert_eq!(shadow(&m, "match"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_shadow_envoy_cannot_deliver_is_an_error() {
-    if Build::current() == Build::Module {
-        // Shadow compare is not in the dynamic module (README "Two builds").
-        return;
-    }
     // The shadow's service is gone: Envoy answers the call itself with a
     // trailers-only UNAVAILABLE whose grpc-message is its local-reply
     // text (a client sent straight to that service reads `upstream connect
@@ -338,6 +356,7 @@ async fn a_unary_shadow_envoy_cannot_deliver_is_an_error() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut m = stack.envoy.metrics().await;
     while shadow(&m, "error") + shadow(&m, "header") < 5.0 && std::time::Instant::now() < deadline {
+        stack.envoy.poke().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         m = stack.envoy.metrics().await;
     }

@@ -157,7 +157,9 @@ impl Filter {
     }
 
     /// Hands the answers the main thread posted to this worker to the
-    /// flow (one relaxed load when there are none).
+    /// flow (one relaxed load when there are none); the differing fields
+    /// they found reach their counters now, as the verdicts do at this
+    /// stream's next flush (not at the next tick).
     fn poll(&self) {
         let l = &*self.local;
         if !l.mailbox.has_mail() {
@@ -178,6 +180,7 @@ impl Filter {
                 body_size,
             );
         }
+        flow::shadow::tick(&self.host(), &self.shared.plan, &l.worker);
     }
 
     /// Counts a caught panic.
