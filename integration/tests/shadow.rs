@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration::{client, random_ids, Metrics, Stack, Upstream};
+use integration::{client, random_ids, Build, Metrics, Stack, Upstream};
 
 /// Results of route `route`, in the order of the `result` label values.
 const RESULTS: [&str; 8] = [
@@ -271,6 +271,62 @@ async fn a_slow_shadow_never_delays_its_primary_and_a_late_one_still_counts() {
         results(&m, "slow")
     );
     assert_eq!(total(&m, "plain"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_answering_long_after_its_primary_stream_ended_is_compared() {
+    let config = r#"{"monolith": "monolith", "routes": [
+        {"name": "late", "prefix": "/late/", "service": "auth_service", "percent": 0,
+         "shadow": {"percent": 100, "compare_headers": ["x-version"], "compare_body": true,
+                    "timeout_ms": 3000}}]}"#;
+    let stack = start(config).await;
+    // The shadow (the service) answers 500 ms after the primary (the
+    // monolith), whose stream is long gone by then.
+    stack.upstreams[1].set("delay-ms", 500).await;
+    let c = client();
+    for (i, version) in ["1", "1", "2"].iter().enumerate() {
+        stack.upstreams[1]
+            .set("header", format!("x-version={version}"))
+            .await;
+        stack.upstreams[0].set("header", "x-version=1").await;
+        let t = Instant::now();
+        let resp = c.get(stack.envoy.url("/late/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await;
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "the primary waited for its shadow: {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        if Build::current() == Build::Module {
+            // The answer is in, its worker idle: it is compared on the
+            // worker's next hook (README "Two builds").
+            let m = stack.envoy.metrics().await;
+            assert_eq!(total(&m, "late"), i as f64, "{:?}", results(&m, "late"));
+        }
+        let m = settled(&stack, "late", i as f64 + 1.0).await;
+        assert_eq!(
+            total(&m, "late"),
+            i as f64 + 1.0,
+            "{:?}",
+            results(&m, "late")
+        );
+    }
+    let m = stack.envoy.metrics().await;
+    assert_eq!(
+        result(&m, "late", "match"),
+        2.0,
+        "{:?}",
+        results(&m, "late")
+    );
+    assert_eq!(
+        result(&m, "late", "header"),
+        1.0,
+        "{:?}",
+        results(&m, "late")
+    );
+    assert_eq!(total(&m, "late"), 3.0, "{:?}", results(&m, "late"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
