@@ -47,6 +47,21 @@ pub fn stat_name(route: &str, field: &str, kind: FieldKind) -> String {
     )
 }
 
+/// The (route, field, kind) a name of [`stat_name`] holds (a host that
+/// counts fields with labels of its own: the dynamic module); `None` for
+/// any other name.
+pub fn parse_stat_name(name: &str) -> Option<(&str, &str, FieldKind)> {
+    let rest = name
+        .strip_prefix(crate::stats::PREFIX)?
+        .strip_prefix(".route.")?;
+    let (route, rest) = rest.split_once(".shadow_field.field.")?;
+    let (field, kind) = rest.rsplit_once(".kind.")?;
+    let kind = [FieldKind::Diff, FieldKind::Noise]
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
+    Some((route, field, kind))
+}
+
 /// The store key of route `route`'s admitted fields (filters of one VM id
 /// with a route of the same name share its bound).
 pub fn store_key(route: &str) -> String {
@@ -148,6 +163,26 @@ impl Admitted {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_field_stat_name_gives_back_its_route_field_and_kind() {
+        for (route, field, kind) in [
+            ("auth", "price", FieldKind::Diff),
+            ("a-b_c", "items_x_etag", FieldKind::Noise),
+            ("kind", "kind", FieldKind::Diff),
+        ] {
+            let name = stat_name(route, field, kind);
+            assert_eq!(parse_stat_name(&name), Some((route, field, kind)), "{name}");
+        }
+        for other in [
+            "traffic_shift.route.auth.shadow.result.match",
+            "traffic_shift.route.auth.shadow_field.field.price.kind.other",
+            "other.route.auth.shadow_field.field.price.kind.diff",
+        ] {
+            assert_eq!(parse_stat_name(other), None, "{other}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -97,6 +97,52 @@ fn define_on(config: ConfigPtr, kind: Kind, name: &str) -> Option<usize> {
     (result == abi::METRICS_OK).then_some(id)
 }
 
+/// The field counter (`fields.rs`): one counter on Envoy's configuration
+/// with labels, since field labels are learned after Envoy stops
+/// accepting new metrics.
+const FIELD_COUNTER: &str = "traffic_shift.shadow_field";
+const FIELD_LABELS: [&str; 3] = ["route", "field", "kind"];
+
+/// Defines the field counter on `config`; Envoy's id.
+fn define_fields(config: ConfigPtr) -> Option<usize> {
+    let mut id: usize = 0;
+    let labels: Vec<Buf> = FIELD_LABELS.iter().map(|l| Buf::of(l.as_bytes())).collect();
+    // SAFETY: as in `define_on`; the label names outlive the call.
+    let result = unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+            config,
+            Buf::of(FIELD_COUNTER.as_bytes()),
+            labels.as_ptr(),
+            labels.len(),
+            &mut id,
+        )
+    };
+    (result == abi::METRICS_OK).then_some(id)
+}
+
+/// Adds `value` to the field counter `id` of `config` for the field stat
+/// named `name` (`fields::stat_name`).
+fn write_field(config: ConfigPtr, id: usize, name: &str, value: u64) {
+    let Some((route, field, kind)) = crate::fields::parse_stat_name(name) else {
+        return;
+    };
+    let values = [
+        Buf::of(route.as_bytes()),
+        Buf::of(field.as_bytes()),
+        Buf::of(kind.as_str().as_bytes()),
+    ];
+    // SAFETY: as in `write`; the label values outlive the call.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+            config,
+            id,
+            values.as_ptr(),
+            values.len(),
+            value,
+        );
+    }
+}
+
 /// Writes `value` to Envoy's metric `id` of `config` (counters: adds it;
 /// gauges: sets it; histograms: records it).
 fn write(config: ConfigPtr, kind: Kind, id: usize, value: u64) {
@@ -172,6 +218,8 @@ pub struct Defining {
     pub config: ConfigPtr,
     /// Envoy's id of each process-wide id this configuration defined.
     ids: RefCell<Vec<Option<(Kind, usize)>>>,
+    /// Envoy's id of the field counter, if defined.
+    fields: Cell<Option<usize>>,
 }
 
 impl Defining {
@@ -179,7 +227,14 @@ impl Defining {
         Defining {
             config,
             ids: RefCell::new(Vec::new()),
+            fields: Cell::new(None),
         }
+    }
+
+    /// Defines the shadow field counter (for a configuration with shadow
+    /// routes).
+    pub fn define_fields(&self) {
+        self.fields.set(define_fields(self.config));
     }
 
     /// Envoy's id of process-wide `id` here, defining it (by its name) if
@@ -205,6 +260,7 @@ impl Defining {
         Native {
             config: self.config,
             ids: self.ids.into_inner().into_boxed_slice(),
+            fields: self.fields.get(),
         }
     }
 }
@@ -262,12 +318,22 @@ pub struct Native {
     pub config: ConfigPtr,
     /// Envoy's id of each process-wide metric id, for this configuration.
     ids: Box<[Option<(Kind, usize)>]>,
+    /// Envoy's id of the field counter, if defined.
+    fields: Option<usize>,
 }
 
 impl Native {
     fn write(&self, id: u32, value: u64) {
-        if let Some(Some((kind, e))) = self.ids.get(id as usize) {
-            write(self.config, *kind, *e, value);
+        match (self.ids.get(id as usize), self.fields) {
+            (Some(Some((kind, e))), _) => write(self.config, *kind, *e, value),
+            // A field counter (the registry's lock: once per field and
+            // flush).
+            (_, Some(f)) => {
+                if let Some((_, name)) = name_of(id) {
+                    write_field(self.config, f, &name, value);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -277,9 +343,14 @@ impl Host for Native {
         now()
     }
 
-    /// Envoy refuses new metrics once the configuration exists.
-    fn define_metric(&self, _kind: Kind, _name: &str) -> Option<u32> {
-        None
+    /// Envoy refuses new metrics once the configuration exists; a shadow
+    /// field counter is a label set of the field counter defined with it.
+    fn define_metric(&self, kind: Kind, name: &str) -> Option<u32> {
+        let field = kind == Kind::Counter && crate::fields::parse_stat_name(name).is_some();
+        if !field || self.fields.is_none() {
+            return None;
+        }
+        intern(kind, name)
     }
 
     fn record_metric(&self, id: u32, value: u64) {

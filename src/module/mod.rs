@@ -305,6 +305,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             ),
         );
         let defining = Defining::new(config_envoy);
+        if config.routes.iter().any(|r| r.shadow.is_some()) {
+            defining.define_fields();
+        }
         let panics = defining.define_metric(Kind::Counter, &format!("{PREFIX}.module_panics"));
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         // The module has one name for the filter (`filter_name`): it and
