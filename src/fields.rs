@@ -163,7 +163,6 @@ impl Admitted {
 
 #[cfg(test)]
 mod tests {
-
     #[test]
     fn a_field_stat_name_gives_back_its_route_field_and_kind() {
         for (route, field, kind) in [

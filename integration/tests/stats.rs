@@ -1,7 +1,7 @@
 //! Stats per route and target, read back from a live Envoy's
 //! `/stats/prometheus` with labels parsed.
 
-use integration::{client, random_ids, send, served_by_keys, Build, Stack, Upstream};
+use integration::{client, random_ids, send, served_by_keys, Stack, Upstream};
 use traffic_shift::hash::bucket;
 
 const CONFIG: &str = r#"{"monolith": "monolith", "routes": [
@@ -309,11 +309,6 @@ async fn every_metric_the_dashboard_queries_is_served_by_envoy() {
         .await;
     let names = m.names();
     for (name, labels) in &wanted {
-        if Build::current() == Build::Module && name.starts_with("traffic_shift_shadow") {
-            // Shadow compare is not in the dynamic module (README "Two
-            // builds").
-            continue;
-        }
         assert!(
             names.contains(name),
             "dashboard queries {name}, Envoy does not serve it"
