@@ -308,3 +308,75 @@ async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good()
         .log()
         .contains("invalid configuration: routes[0].percent: must be between 0 and 100, got 140"));
 }
+
+/// Shadows still out when Envoy destroys their configuration (a live
+/// update): Envoy drops their calls without telling the module; the
+/// worker ends them as the flow ends abandoned shadows (`error`, counted
+/// through the new configuration on the worker's next tick), so none is
+/// lost from the results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadows_out_when_their_configuration_goes_end_as_errors() {
+    const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
+    let shadowed = |version: &str| {
+        format!(
+            r#"{{"monolith": "monolith", "routes": [
+                {{"name": "auth", "prefix": "/api/auth/", "service": "auth_service", "percent": 0,
+                  "shadow": {{"percent": 100, "timeout_ms": 5000, "compare_headers": ["x-v{version}"]}}}}]}}"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    write_module_ecds(dir.path(), "1", &shadowed("1"));
+    let mut b = Bootstrap::load(&repo_root().join("envoy/envoy-ecds-file.yaml")).for_test();
+    let Some(cd) = b.config_discovery() else {
+        panic!("envoy-ecds-file.yaml has no config_discovery");
+    };
+    let d = dir.path().to_string_lossy().into_owned();
+    cd["config_source"]["path_config_source"]["path"] =
+        serde_yaml::Value::from(format!("{d}/traffic_shift.yaml"));
+    cd["config_source"]["path_config_source"]["watched_directory"]["path"] =
+        serde_yaml::Value::from(d);
+    cd["type_urls"] = serde_yaml::Value::Sequence(vec![serde_yaml::Value::from(
+        integration::MODULE_FILTER_TYPE,
+    )]);
+    let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
+    let stack = Stack::start_bootstrap(b, 1, upstreams).await;
+    let e = &stack.envoy;
+    assert_eq!(
+        e.wait_counter(&format!("{ECDS}.update_success"), 1).await,
+        1
+    );
+    // The shadow side (the service) answers after 3 s.
+    stack.upstreams[1].set("delay-ms", 3000).await;
+    let c = client();
+    for _ in 0..5 {
+        let resp = c.get(e.url("/api/auth/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let result = |m: &integration::Metrics, r: &str| {
+        m.value("traffic_shift_shadow", &[("route", "auth"), ("result", r)])
+            .unwrap_or(0.0)
+    };
+    let m = e.metrics_now().await;
+    let out: f64 = ["match", "header", "error", "timeout", "skipped"]
+        .iter()
+        .map(|r| result(&m, r))
+        .sum();
+    assert_eq!(out, 0.0, "the 5 shadows are still out");
+    write_module_ecds(dir.path(), "2", &shadowed("2"));
+    assert_eq!(
+        e.wait_counter(&format!("{ECDS}.update_success"), 2).await,
+        2
+    );
+    stack.upstreams[1].set("delay-ms", 0).await;
+    // Requests of the new configuration (their shadows answer at once)
+    // until the worker's tick has ended the old one's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut m = e.metrics_now().await;
+    while result(&m, "error") < 5.0 && std::time::Instant::now() < deadline {
+        let _ = c.get(e.url("/elsewhere")).send().await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        m = e.metrics_now().await;
+    }
+    assert_eq!(result(&m, "error"), 5.0, "{}", e.log());
+    assert_eq!(result(&m, "match") + result(&m, "header"), 0.0);
+}

@@ -389,6 +389,7 @@ impl Host for Native {
 /// The flow's host on a worker thread: Envoy's configuration (metrics,
 /// clock, store), its calls out with this worker's mailbox, and while an
 /// answer is being delivered, that answer.
+#[derive(Clone, Copy)]
 pub struct OnWorker<'a> {
     pub native: &'a Native,
     pub calls: &'a Calls,

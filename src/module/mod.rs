@@ -53,7 +53,7 @@ const ABI_VERSION: &[u8] = b"v0.1.0\0";
 
 /// One filter configuration, shared by every worker thread.
 struct Shared {
-    plan: Plan,
+    plan: Arc<Plan>,
     host: Native,
     /// This configuration's id in [`live`].
     id: u32,
@@ -93,6 +93,9 @@ struct Local {
     next_tick: Cell<u64>,
     /// Answers to this worker's calls out, posted by the main thread.
     mailbox: Arc<Mailbox>,
+    /// The configuration's plan, kept to end this state once Envoy
+    /// destroyed the configuration ([`end_gone`]).
+    plan: Arc<Plan>,
 }
 
 thread_local! {
@@ -110,15 +113,61 @@ fn local(shared: &Arc<Shared>) -> Rc<Local> {
         {
             return l.clone();
         }
-        w.retain(|(s, _)| s.strong_count() > 0);
         let l = Rc::new(Local {
             worker: Worker::new(&shared.plan),
             next_tick: Cell::new(0),
             mailbox: Arc::new(Mailbox::default()),
+            plan: shared.plan.clone(),
         });
         w.push((Arc::downgrade(shared), l.clone()));
         l
     })
+}
+
+/// Hands the answers in `mailbox` to the flow (one relaxed load when
+/// there are none); the differing fields they found reach their counters
+/// now, as the verdicts do at the stream's next flush (not at the next
+/// tick). `host`: the worker's host, no answer being delivered.
+fn take_mail(host: &OnWorker, plan: &Plan, worker: &Worker, mailbox: &Mailbox) {
+    if !mailbox.has_mail() {
+        return;
+    }
+    for d in mailbox.take() {
+        let (num_headers, body_size) = d.sizes();
+        let h = OnWorker {
+            answer: d.answer.as_ref(),
+            ..*host
+        };
+        flow::shadow::on_answer(&h, plan, worker, d.token, num_headers, body_size);
+    }
+    flow::shadow::tick(host, plan, worker);
+}
+
+/// Ends this worker's state for configurations Envoy destroyed (on the
+/// tick): answers already in their mailbox are compared; shadows still
+/// out end as the flow ends them (`flow::tick::end`; Envoy dropped their
+/// calls with the configuration); counted through `host`, a live
+/// configuration (the same stat names: a route it kept counts on).
+fn end_gone(host: &OnWorker) {
+    let gone: Vec<Rc<Local>> = WORKERS.with(|w| {
+        let mut gone = Vec::new();
+        w.borrow_mut().retain(|(s, l)| {
+            let alive = s.strong_count() > 0;
+            if !alive {
+                gone.push(l.clone());
+            }
+            alive
+        });
+        gone
+    });
+    for l in gone {
+        let h = OnWorker {
+            mailbox: &l.mailbox,
+            ..*host
+        };
+        take_mail(&h, &l.plan, &l.worker, &l.mailbox);
+        flow::tick::end(&h, &l.plan, &l.worker);
+    }
 }
 
 /// The flow's host for `shared` on this worker (no answer being
@@ -154,33 +203,14 @@ impl Filter {
         }
         l.next_tick.set(now + flow::tick::TICK.as_millis() as u64);
         flow::tick::tick(&self.host(), &s.plan, &l.worker, &live(), s.id);
+        end_gone(&self.host());
     }
 
     /// Hands the answers the main thread posted to this worker to the
-    /// flow (one relaxed load when there are none); the differing fields
-    /// they found reach their counters now, as the verdicts do at this
-    /// stream's next flush (not at the next tick).
+    /// flow ([`take_mail`]).
     fn poll(&self) {
         let l = &*self.local;
-        if !l.mailbox.has_mail() {
-            return;
-        }
-        for d in l.mailbox.take() {
-            let (num_headers, body_size) = d.sizes();
-            let host = OnWorker {
-                answer: d.answer.as_ref(),
-                ..self.host()
-            };
-            flow::shadow::on_answer(
-                &host,
-                &self.shared.plan,
-                &l.worker,
-                d.token,
-                num_headers,
-                body_size,
-            );
-        }
-        flow::shadow::tick(&self.host(), &self.shared.plan, &l.worker);
+        take_mail(&self.host(), &self.shared.plan, &l.worker, &l.mailbox);
     }
 
     /// Counts a caught panic.
@@ -315,7 +345,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let (plan, _first) = flow::tick::start(&defining, &mut live(), id, &plugin, "", config);
         let host = defining.done();
         let shared = Arc::new(Shared {
-            plan,
+            plan: Arc::new(plan),
             host,
             id,
             panics,
