@@ -4,7 +4,10 @@
 //!   ([`Defining`], the only time it accepts new ones) and written through
 //!   the configuration's own callbacks from any worker ([`Native`]); the
 //!   flow's ids are process-wide (one per name), each configuration maps
-//!   them to its own Envoy ids;
+//!   them to its own Envoy ids; the shadow field counters, whose labels
+//!   are learned at run time, are label sets of one counter defined with
+//!   the configuration;
+//! - bodies: a body hook's chunk is read only for a shadowed request;
 //! - the store the breaker and guard share: process memory behind a
 //!   `Mutex` (no host call; every worker and the main thread see it);
 //! - calls out: [`OnWorker`], the host the hooks give the flow on a

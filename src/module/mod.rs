@@ -6,7 +6,8 @@
 //! - `abi.rs`: our declarations of the Envoy callbacks we use;
 //! - `host.rs`: [`crate::flow::Host`] and [`crate::flow::Stream`] as those
 //!   callbacks (metrics through the filter configuration, the breaker's
-//!   and guard's store in process memory).
+//!   and guard's store in process memory);
+//! - `calls.rs`: shadow calls out, sent from Envoy's main thread.
 //!
 //! One configuration ([`Shared`]) serves every worker thread: its
 //! [`Plan`] is read-only; each worker thread keeps its own [`Worker`]
@@ -16,6 +17,21 @@
 //! response's headers and trailers and at a stream's end (a native call
 //! costs next to nothing); the flow's tick (breaker and guard windows,
 //! ramp gauges) runs on a worker's first hook after a second has passed.
+//!
+//! Shadow compare: a worker queues each call out for the main thread
+//! (`calls.rs`), which sends it on the configuration (so it outlives the
+//! primary's stream) and posts the answer to the worker's [`Mailbox`]. A
+//! worker takes its mail at the start of each of its hooks (one relaxed
+//! load when there is none) and hands each answer to
+//! `flow::shadow::on_answer`. Envoy offers a module no way to run code on
+//! an idle worker, so an answer that arrives while its worker has no
+//! stream waits for that worker's next request: with traffic, verdicts lag
+//! by the gap between requests; on an idle worker they are counted when
+//! the next request comes. A configuration Envoy destroyed with shadows
+//! still out (Envoy drops their calls without calling the module) is ended
+//! on each worker's next tick ([`end_gone`]): answers already in its
+//! mailbox are compared, the rest count as the flow counts abandoned
+//! shadows (`error`).
 //!
 //! Safety: every hook catches unwinding. A caught panic is counted
 //! (`traffic_shift.module_panics`), logged through Envoy's log, and the
