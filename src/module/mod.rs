@@ -595,10 +595,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_modu
     let mut f = unsafe { Box::from_raw(filter_module as *mut Filter) };
     let r = catch_unwind(AssertUnwindSafe(|| {
         f.poll();
+        let shadowed = f.exchange.shadow.is_some();
         let (s, l) = (&*f.shared, &*f.local);
         let host = on_worker(s, l);
         f.exchange.end(&host, &s.plan, &l.worker);
         flow::counters::flush(&host, &l.worker.counters);
+        if shadowed {
+            // A verdict this stream ended: its differing fields reach
+            // their counters with it.
+            flow::shadow::tick(&host, &s.plan, &l.worker);
+        }
     }));
     if r.is_err() {
         f.panicked();
