@@ -133,8 +133,6 @@ unit:
 
 # The behaviour tests that also run against the dynamic module (the harness
 # switch TRAFFIC_SHIFT_BUILD=module); tests/module.rs runs in the first pass.
-# guard.rs passes against the module too but takes ~2.5 min: run it by hand
-# (TRAFFIC_SHIFT_BUILD=module cargo test -p integration --test guard).
 MODULE_TESTS := --test split --test stats --test breaker --test guard --test live_config --test reload --test tracing --test hostile --test grpc --test shadow --test shadow_json
 
 integration: build envoy k8s-schema-deps

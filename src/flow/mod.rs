@@ -1,7 +1,8 @@
 //! The request flow, written once over a host interface. Each host is an
 //! adapter that maps its callbacks to these functions and implements the
-//! two traits below with its own calls: `src/filter/` (proxy-wasm), the
-//! fake host of the tests (`fake.rs`), later a native Envoy module.
+//! two traits below with its own calls: `src/filter/` (proxy-wasm),
+//! `src/module/` (Envoy dynamic module) and the fake host of the tests
+//! (`fake.rs`).
 //!
 //! One file per concern:
 //!
