@@ -38,7 +38,8 @@
 //! 5. The bytes a worker holds are the sum of what its streams hold, and
 //!    the shadows admitted per route never exceed `max_in_flight`.
 //! 6. Once every stream ended and every call answered, nothing is in
-//!    flight, admitted or held; a configuration that goes holds nothing.
+//!    flight, admitted or held; a configuration that goes holds nothing;
+//!    once all have gone, every route gauge reads 0.
 //!
 //! To read an input (a crash artifact): run it with `FLOW_FUZZ_TRACE=1`,
 //! which prints each configuration and operation on stderr.
@@ -255,6 +256,8 @@ struct Checked {
     defined: RefCell<HashMap<u32, (Kind, String)>>,
     /// Counter sums and histogram sample counts, by name.
     totals: RefCell<HashMap<String, u64>>,
+    /// Gauge values, by name.
+    gauges: RefCell<HashMap<String, u64>>,
 }
 
 impl Checked {
@@ -298,6 +301,7 @@ impl Host for Checked {
                         u64::MAX
                     };
                 assert!(value <= max, "gauge {name} = {value}");
+                self.gauges.borrow_mut().insert(name, value);
             }
         }
         self.fake.record_metric(id, value);
@@ -596,6 +600,7 @@ impl Run {
             fake: Fake::new(T0),
             defined: RefCell::default(),
             totals: RefCell::default(),
+            gauges: RefCell::default(),
         };
         let mut run = Run {
             host,
@@ -651,6 +656,8 @@ impl Run {
             return;
         }
         tick::end(&self.host, &c.plan, &c.worker);
+        // As the proxy-wasm host, which drops it after its root left.
+        self.live.gone(&self.host, &c.plan);
         assert_eq!(c.worker.shadows.in_flight(), 0, "in flight after the end");
         assert_eq!(c.worker.shadows.held(), 0, "held after the end");
         for r in 0..c.plan.config.routes.len() {
@@ -1038,6 +1045,11 @@ impl Run {
             assert!(self.cfgs[i].ended);
         }
         let h = &self.host;
+        // Every configuration left: no gauge of a route is left set.
+        let keys = stats::breaker_keys_name();
+        for (name, v) in h.gauges.borrow().iter() {
+            assert!(*name == keys || *v == 0, "{name} = {v} once all left");
+        }
         let unmatched = stats::unmatched_name();
         let counted = h.total(|n| {
             n.ends_with(".rq_total") || n.ends_with(".breaker.fast_fail") || *n == unmatched

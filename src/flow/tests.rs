@@ -2221,6 +2221,38 @@ fn a_grpc_shadow_envoy_answered_itself_is_an_error() {
     assert_eq!(env.worker.shadows.in_flight(), 0);
 }
 
+#[test]
+fn a_breaker_state_set_after_its_configuration_left_is_zeroed_when_it_goes() {
+    // Found by the `flow` fuzz target: in proxy-wasm a configuration's
+    // root context leaves (its gauges zeroed) before its last streams end;
+    // a response of one of them that opened the breaker set the state
+    // gauge of a route no configuration had any more, and it read "open"
+    // for good.
+    let env = breaker_env("fallback", 1);
+    let mut a = env.get("/orders/1", "a");
+    let mut b = env.get("/orders/1", "b");
+    assert_eq!(a.target().as_deref(), Some("orders_service"));
+    // An update renames the route; the old configuration's root goes.
+    let renamed = config(&ORDERS.replace(r#""orders""#, r#""orders2""#), "");
+    let _newer = env.another(2, "p", &renamed);
+    env.live.borrow_mut().leave(&env.host, ID);
+    assert_eq!(env.metric("route.orders.breaker.state"), 0);
+    env.status(&mut a, 500);
+    env.status(&mut b, 500);
+    let open = State::Open as u64;
+    assert_eq!(
+        env.metric("route.orders.breaker.state"),
+        open,
+        "while it runs"
+    );
+    env.end(&mut a);
+    env.end(&mut b);
+    // Its last stream ended: the host drops it.
+    tick::end(&env.host, &env.plan, &env.worker);
+    env.live.borrow().gone(&env.host, &env.plan);
+    assert_eq!(env.metric("route.orders.breaker.state"), 0);
+}
+
 /// The `flow` fuzz target's driver on its seeds (`tests/fuzz/seeds/flow`)
 /// and on pseudo-random inputs: every invariant it checks holds.
 #[test]
