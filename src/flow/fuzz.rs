@@ -40,6 +40,7 @@
 //! 6. Once every stream ended and every call answered, nothing is in
 //!    flight, admitted or held; a configuration that goes holds nothing;
 //!    once all have gone, every route gauge reads 0.
+//! 7. After a tick, a breaker's state gauge reads the state in the store.
 //!
 //! To read an input (a crash artifact): run it with `FLOW_FUZZ_TRACE=1`,
 //! which prints each configuration and operation on stderr.
@@ -59,6 +60,7 @@ use super::fake::{Fake, FakeStream};
 use super::shadow::{self, Call, NOISE_VALUE};
 use super::tick::{self, Live};
 use super::{Exchange, Host, Next, Plan, Worker};
+use crate::breaker::Breaker;
 use crate::config::{Config, Target};
 use crate::shadow::{Verdict, MAX_HELD_BYTES, SHADOW_HEADER};
 use crate::stats::{self, Kind};
@@ -724,9 +726,20 @@ impl Run {
         }
     }
 
+    /// A tick of every live configuration; then the breaker state gauges
+    /// of the newest one read the state in the store.
     fn tick(&self) {
         for c in self.cfgs.iter().filter(|c| c.root) {
             tick::tick(&self.host, &c.plan, &c.worker, &self.live, c.id);
+        }
+        let c = &self.cfgs[self.newest()];
+        for (route, slot) in c.plan.config.routes.iter().zip(&c.plan.breakers) {
+            let Some(slot) = slot else { continue };
+            let (bytes, _) = self.host.fake.store_get(slot.key()).expect("readable");
+            let stored = Breaker::decode(&bytes).unwrap_or_default().state() as u64;
+            let name = format!("traffic_shift.route.{}.breaker.state", route.name);
+            let gauge = self.host.gauges.borrow().get(&name).copied().unwrap_or(0);
+            assert_eq!(gauge, stored, "{name} after a tick");
         }
     }
 
