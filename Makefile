@@ -54,7 +54,7 @@ $(K8S_SCHEMA_STAMP): $(K8S_SCHEMA)/package.json $(K8S_SCHEMA)/package-lock.json
 
 ## fuzz: each fuzz target (libFuzzer via cargo fuzz) for FUZZ_SECONDS (default 300)
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS  := config decision
+FUZZ_TARGETS  := config decision flow
 fuzz: cargo-fuzz
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p target/fuzz/corpus/$$t target/fuzz/artifacts && \
@@ -127,6 +127,7 @@ clippy: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p traffic-shift --target wasm32-wasip1 --lib -- -D warnings
 	$(CARGO) clippy -p traffic-shift --features module --lib -- -D warnings
+	$(CARGO) clippy -p traffic-shift --features fake-host --lib -- -D warnings
 
 unit:
 	$(CARGO) test -p traffic-shift

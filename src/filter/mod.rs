@@ -53,6 +53,13 @@ impl Drop for Shared {
     /// last tick.
     fn drop(&mut self) {
         flow::tick::end(&self.host(), &self.plan, &self.worker);
+        // Its root context left first (`Root::drop`); its streams may have
+        // set a breaker's state gauge since.
+        let _ = LIVE.try_with(|l| {
+            if let Ok(l) = l.try_borrow() {
+                l.gone(&self.host(), &self.plan);
+            }
+        });
     }
 }
 

@@ -1,7 +1,11 @@
 //! A fake host for native tests of the flow: a manual clock, metrics by
 //! name, an in-memory store with compare-and-swap, calls out recorded and
 //! answered by the test, and a log of every host call (to check the cost
-//! of a request).
+//! of a request). Headers are bytes, as Envoy hands them over.
+//!
+//! Built for the unit tests, and with the feature `fake-host` for the
+//! `flow` fuzz target (`tests/fuzz`, through [`super::fuzz`]).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -15,6 +19,23 @@ use crate::stats::Kind;
 
 /// A header list.
 type Pairs = Vec<(String, String)>;
+/// A header list as bytes.
+type BytePairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn to_bytes(pairs: &[(&str, &str)]) -> BytePairs {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The first value of `name` in `pairs`.
+fn first(pairs: &[(Vec<u8>, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name.as_bytes())
+        .map(|(_, v)| v.clone())
+}
 
 /// The process-wide side.
 #[derive(Default)]
@@ -31,9 +52,9 @@ pub struct Fake {
     /// Calls sent, with their token.
     pub calls: RefCell<Vec<(u32, Call)>>,
     /// The answer being delivered: headers, body.
-    answer: RefCell<(Pairs, Vec<u8>)>,
+    answer: RefCell<(BytePairs, Vec<u8>)>,
     /// Its trailers.
-    answer_trailers: RefCell<Pairs>,
+    answer_trailers: RefCell<BytePairs>,
     /// Every host call, by name.
     pub log: RefCell<Vec<&'static str>>,
 }
@@ -47,6 +68,11 @@ impl Fake {
 
     pub fn advance(&self, ms: u64) {
         self.now_ms.set(self.now_ms.get() + ms);
+    }
+
+    /// The wall clock steps back `ms` (as a host's can).
+    pub fn step_back(&self, ms: u64) {
+        self.now_ms.set(self.now_ms.get().saturating_sub(ms));
     }
 
     fn id(&self, name: &str) -> Option<u32> {
@@ -82,21 +108,22 @@ impl Fake {
     /// Sets the answer [`shadow::on_answer`](super::shadow::on_answer)
     /// reads next.
     pub fn answer(&self, headers: &[(&str, &str)], body: &[u8]) {
-        *self.answer.borrow_mut() = (
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body.to_vec(),
-        );
+        self.answer_bytes(to_bytes(headers), body.to_vec());
+    }
+
+    /// [`Fake::answer`] with headers of any bytes.
+    pub fn answer_bytes(&self, headers: BytePairs, body: Vec<u8>) {
+        *self.answer.borrow_mut() = (headers, body);
     }
 
     /// Sets the trailers of the answer delivered next.
     pub fn answer_trailers(&self, trailers: &[(&str, &str)]) {
-        *self.answer_trailers.borrow_mut() = trailers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.answer_trailers_bytes(to_bytes(trailers));
+    }
+
+    /// [`Fake::answer_trailers`] with trailers of any bytes.
+    pub fn answer_trailers_bytes(&self, trailers: BytePairs) {
+        *self.answer_trailers.borrow_mut() = trailers;
     }
 
     /// Forgets the host calls logged so far.
@@ -177,10 +204,7 @@ impl Host for Fake {
 
     fn call_response_header(&self, name: &str) -> Option<Vec<u8>> {
         self.call("call_response_header");
-        let a = self.answer.borrow();
-        a.0.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone().into_bytes())
+        first(&self.answer.borrow().0, name)
     }
 
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -191,25 +215,23 @@ impl Host for Fake {
 
     fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>> {
         self.call("call_response_trailer");
-        self.answer_trailers
-            .borrow()
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone().into_bytes())
+        first(&self.answer_trailers.borrow(), name)
     }
 }
 
 /// One HTTP stream.
 #[derive(Default)]
 pub struct FakeStream {
-    request: Vec<(String, String)>,
+    request: BytePairs,
     /// Every header write, in order (`None`: removed).
     pub writes: RefCell<Vec<(String, Option<String>)>>,
     /// A local reply: status, headers, body.
     pub reply: RefCell<Option<(u32, Pairs, Vec<u8>)>>,
     pub reason: Cell<Option<Reason>>,
-    response: RefCell<Vec<(String, String)>>,
-    trailers: RefCell<Vec<(String, String)>>,
+    /// How many reasons were published.
+    pub reasons: Cell<u32>,
+    response: RefCell<BytePairs>,
+    trailers: RefCell<BytePairs>,
     pub flags: Cell<u64>,
     /// The body chunk just received.
     pub chunk: RefCell<Vec<u8>>,
@@ -218,29 +240,35 @@ pub struct FakeStream {
 
 impl FakeStream {
     pub fn new(request: &[(&str, &str)]) -> FakeStream {
+        FakeStream::with_bytes(to_bytes(request))
+    }
+
+    /// A stream whose request headers are any bytes (repeated names too).
+    pub fn with_bytes(request: BytePairs) -> FakeStream {
         FakeStream {
-            request: request
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            request,
             ..FakeStream::default()
         }
     }
 
     /// The response headers the upstream sent.
     pub fn respond(&self, headers: &[(&str, &str)]) {
-        *self.response.borrow_mut() = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.respond_bytes(to_bytes(headers));
+    }
+
+    /// [`FakeStream::respond`] with headers of any bytes.
+    pub fn respond_bytes(&self, headers: BytePairs) {
+        *self.response.borrow_mut() = headers;
     }
 
     /// The response trailers the upstream sent.
     pub fn trail(&self, trailers: &[(&str, &str)]) {
-        *self.trailers.borrow_mut() = trailers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.trail_bytes(to_bytes(trailers));
+    }
+
+    /// [`FakeStream::trail`] with trailers of any bytes.
+    pub fn trail_bytes(&self, trailers: BytePairs) {
+        *self.trailers.borrow_mut() = trailers;
     }
 
     /// The value last written to `name` (`Some(None)`: removed).
@@ -268,17 +296,14 @@ impl Stream for FakeStream {
         let pairs: Vec<(&[u8], &[u8])> = self
             .request
             .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect();
         headers::serialize(&pairs)
     }
 
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         self.call("request_header");
-        self.request
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone().into_bytes())
+        first(&self.request, name)
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
@@ -306,15 +331,12 @@ impl Stream for FakeStream {
             self.call("publish_reason");
         }
         self.reason.set(Some(reason));
+        self.reasons.set(self.reasons.get() + 1);
     }
 
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
         self.call("response_header");
-        self.response
-            .borrow()
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone().into_bytes())
+        first(&self.response.borrow(), name)
     }
 
     fn response_flags(&self) -> u64 {
@@ -334,10 +356,6 @@ impl Stream for FakeStream {
 
     fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
         self.call("response_trailer");
-        self.trailers
-            .borrow()
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone().into_bytes())
+        first(&self.trailers.borrow(), name)
     }
 }

@@ -1,8 +1,8 @@
 //! The request flow, written once over a host interface. Each host is an
 //! adapter that maps its callbacks to these functions and implements the
 //! two traits below with its own calls: `src/filter/` (proxy-wasm),
-//! `src/module/` (Envoy dynamic module) and the fake host of the tests
-//! (`fake.rs`).
+//! `src/module/` (the native Envoy module), the fake host of the tests
+//! (`fake.rs`, also driven by the `flow` fuzz target through `fuzz.rs`).
 //!
 //! One file per concern:
 //!
@@ -38,8 +38,12 @@ pub mod response;
 pub mod shadow;
 pub mod tick;
 
-#[cfg(test)]
-mod fake;
+// The fake host and the fuzz target's driver: in the unit tests, and with
+// the feature `fake-host` for `tests/fuzz` (never in a shipped build).
+#[cfg(any(test, feature = "fake-host"))]
+pub mod fake;
+#[cfg(any(test, feature = "fake-host"))]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;
 

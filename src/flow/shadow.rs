@@ -164,6 +164,11 @@ impl Shadows {
         self.held.get()
     }
 
+    /// Shadow and noise calls of route `route` admitted and not answered.
+    pub fn admitted(&self, route: usize) -> u32 {
+        self.table.borrow().in_flight(route)
+    }
+
     /// Takes `n` more bytes if the worker's bound allows.
     fn hold(&self, n: u64) -> bool {
         let total = self.held.get().saturating_add(n);
@@ -252,8 +257,15 @@ pub struct Primary {
 }
 
 impl Primary {
+    /// Whether its result is still to come (it was not settled already,
+    /// e.g. `skipped` at its dispatch). For the fuzz driver's checks.
+    #[cfg(any(test, feature = "fake-host"))]
+    pub(crate) fn open(&self) -> bool {
+        !matches!(self.phase, Phase::Done)
+    }
+
     /// Bytes this request holds in the worker's count.
-    fn held(&self) -> u64 {
+    pub(crate) fn held(&self) -> u64 {
         match &self.phase {
             Phase::Collecting { call, .. } => call.body.as_ref().map_or(0, |b| b.len() as u64),
             Phase::Answering {

@@ -199,6 +199,25 @@ impl Live {
         }
     }
 
+    /// A configuration that left earlier (its id no longer live) is gone
+    /// now: its last stream ended. Those streams may have opened or closed
+    /// a breaker after it left, setting that breaker's state gauge again,
+    /// so the state gauges of its routes that no live configuration sets
+    /// go back to 0 (rule 3 once more). A host that drops a configuration
+    /// after its last stream and only then calls [`Live::leave`] needs no
+    /// call here.
+    pub fn gone(&self, host: &impl Host, plan: &Plan) {
+        let others = || self.0.iter().flat_map(|x| &x.gauges);
+        for g in gauges(plan) {
+            let Some(state) = g.breaker_state else {
+                continue;
+            };
+            if !others().any(|o| o.name == g.name && o.breaker_state.is_some()) {
+                counters::record(host, state, 0);
+            }
+        }
+    }
+
     /// Removes `id`'s entry; it, and whether a newer live configuration
     /// of the same filter replaced it.
     fn remove(&mut self, id: u32) -> Option<(Entry, bool)> {
