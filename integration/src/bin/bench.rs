@@ -32,8 +32,9 @@
 //!       (stats by gRPC status); gRPC variants are driven by `grpc-load`
 //!       (tonic, one HTTP/2 connection, the same number of RPCs in flight
 //!       as wrk's connections), not wrk: compare them with each other only
-//!   md, m, me, mg  the Envoy dynamic module (`make module`): no routes,
-//!       split + stats, + breaker, + guard (the same configs as d, s, e, g)
+//!   md, m, me, mg, mw0, mw5  the Envoy dynamic module (`make module`): no
+//!       routes, split + stats, + breaker, + guard, + shadow at 0 % and 5 %
+//!       (the same configs as d, s, e, g, w0, w5)
 //! then drives each in turn with wrk (same load, interleaved rounds, so
 //! machine drift hits all alike) and reports medians, the per-round ratio
 //! to (b) and the targets of issue 11 as medians of per-round ratios.
@@ -352,6 +353,16 @@ fn variants(base: &Bootstrap, grpc: &Bootstrap) -> Vec<Variant> {
             "module, split + stats + guard",
             module(&split_config_with(1, GUARD)),
         ),
+        variant(
+            "mw0",
+            "module, split + stats + shadow at 0 %",
+            module(&split_config_with(1, &shadow(0))),
+        ),
+        variant(
+            "mw5",
+            "module, split + stats + shadow at 5 %",
+            module(&split_config_with(1, &shadow(5))),
+        ),
     ]);
     // BENCH_BASELINE_WASM: another build of the filter (e.g. the previous
     // release) with the (s) and (e) configs, to compare in the same run.
@@ -420,6 +431,18 @@ const TARGETS: &[(&str, &str, &str, f64)] = &[
     ("module split + stats vs Lua", "m", "c", 0.0),
     ("module + breaker vs module split + stats", "me", "m", 0.97),
     ("module + guard vs module split + stats", "mg", "m", 0.97),
+    (
+        "module + shadow at 0 % vs module split + stats",
+        "mw0",
+        "m",
+        0.97,
+    ),
+    (
+        "module + shadow at 5 % vs module split + stats",
+        "mw5",
+        "m",
+        0.0,
+    ),
     (
         "p99: module split + stats vs native use_hash_policy",
         "p99:m",
