@@ -229,6 +229,16 @@ impl Filter {
         take_mail(&self.host(), &self.shared.plan, &l.worker, &l.mailbox);
     }
 
+    /// The size of the body chunk `body` (received request or response),
+    /// read only for a shadowed request (0 otherwise: the flow reads no
+    /// body then).
+    fn chunk_size(&self, http: &Http, body: u32) -> usize {
+        match self.exchange.shadow {
+            Some(_) => http.body_size(body),
+            None => 0,
+        }
+    }
+
     /// Counts a caught panic.
     fn panicked(&self) {
         if let Some(id) = self.shared.panics {
@@ -474,11 +484,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     // SAFETY: the caller's contract.
     unsafe {
         stream_step(filter_envoy, filter_module, |f, http| {
-            // The chunk's size is read only for a shadowed request.
-            let size = match f.exchange.shadow {
-                Some(_) => http.body_size(abi::RECEIVED_REQUEST_BODY),
-                None => 0,
-            };
+            let size = f.chunk_size(http, abi::RECEIVED_REQUEST_BODY);
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange.on_request_body(
                 &on_worker(s, l),
@@ -524,11 +530,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     // SAFETY: the caller's contract.
     unsafe {
         stream_step(filter_envoy, filter_module, |f, http| {
-            // The chunk's size is read only for a shadowed request.
-            let size = match f.exchange.shadow {
-                Some(_) => http.body_size(abi::RECEIVED_RESPONSE_BODY),
-                None => 0,
-            };
+            let size = f.chunk_size(http, abi::RECEIVED_RESPONSE_BODY);
             let (s, l) = (&*f.shared, &*f.local);
             f.exchange.on_response_body(
                 &on_worker(s, l),
