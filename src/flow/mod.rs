@@ -82,14 +82,24 @@ pub trait Host {
     fn store_set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool;
 
     /// Sends a call out; its token (`None`: the host refused it). The
-    /// answer comes back through [`shadow::on_answer`].
-    fn send_call(&self, call: shadow::Call) -> Option<u32>;
+    /// answer comes back through [`shadow::on_answer`]. By default a host
+    /// sends no calls (the flow counts the shadow `error`), and has no
+    /// answer to read.
+    fn send_call(&self, _call: shadow::Call) -> Option<u32> {
+        None
+    }
     /// A header of the answer being delivered.
-    fn call_response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn call_response_header(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
     /// The body of the answer being delivered (`size` bytes).
-    fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        None
+    }
     /// A trailer of the answer being delivered (`grpc-status`).
-    fn call_response_trailer(&self, name: &str) -> Option<Vec<u8>>;
+    fn call_response_trailer(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// One HTTP stream as the host shows it to the flow.

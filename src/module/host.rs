@@ -297,22 +297,6 @@ impl Host for Defining {
     fn store_set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool {
         store_set(key, value, cas)
     }
-
-    fn send_call(&self, _call: Call) -> Option<u32> {
-        None
-    }
-
-    fn call_response_header(&self, _name: &str) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn call_response_trailer(&self, _name: &str) -> Option<Vec<u8>> {
-        None
-    }
 }
 
 /// Envoy's filter configuration as the flow's host, on any thread (metrics
@@ -370,22 +354,6 @@ impl Host for Native {
 
     fn store_set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> bool {
         store_set(key, value, cas)
-    }
-
-    fn send_call(&self, _call: Call) -> Option<u32> {
-        None
-    }
-
-    fn call_response_header(&self, _name: &str) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn call_response_trailer(&self, _name: &str) -> Option<Vec<u8>> {
-        None
     }
 }
 
