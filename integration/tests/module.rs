@@ -257,16 +257,14 @@ fn at_percent(percent: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good() {
-    const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    write_module_ecds(dir.path(), "1", &at_percent("100"));
+/// The shipped file-based ECDS bootstrap, watching `dir`, for the module's
+/// filter type.
+fn module_ecds_bootstrap(dir: &std::path::Path) -> Bootstrap {
     let mut b = Bootstrap::load(&repo_root().join("envoy/envoy-ecds-file.yaml")).for_test();
     let Some(cd) = b.config_discovery() else {
         panic!("envoy-ecds-file.yaml has no config_discovery");
     };
-    let d = dir.path().to_string_lossy().into_owned();
+    let d = dir.to_string_lossy().into_owned();
     cd["config_source"]["path_config_source"]["path"] =
         serde_yaml::Value::from(format!("{d}/traffic_shift.yaml"));
     cd["config_source"]["path_config_source"]["watched_directory"]["path"] =
@@ -274,6 +272,15 @@ async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good()
     cd["type_urls"] = serde_yaml::Value::Sequence(vec![serde_yaml::Value::from(
         integration::MODULE_FILTER_TYPE,
     )]);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good() {
+    const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    write_module_ecds(dir.path(), "1", &at_percent("100"));
+    let b = module_ecds_bootstrap(dir.path());
     let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
     let stack = Stack::start_bootstrap(b, 2, upstreams).await;
     let e = &stack.envoy;
@@ -326,18 +333,7 @@ async fn shadows_out_when_their_configuration_goes_end_as_errors() {
     };
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     write_module_ecds(dir.path(), "1", &shadowed("1"));
-    let mut b = Bootstrap::load(&repo_root().join("envoy/envoy-ecds-file.yaml")).for_test();
-    let Some(cd) = b.config_discovery() else {
-        panic!("envoy-ecds-file.yaml has no config_discovery");
-    };
-    let d = dir.path().to_string_lossy().into_owned();
-    cd["config_source"]["path_config_source"]["path"] =
-        serde_yaml::Value::from(format!("{d}/traffic_shift.yaml"));
-    cd["config_source"]["path_config_source"]["watched_directory"]["path"] =
-        serde_yaml::Value::from(d);
-    cd["type_urls"] = serde_yaml::Value::Sequence(vec![serde_yaml::Value::from(
-        integration::MODULE_FILTER_TYPE,
-    )]);
+    let b = module_ecds_bootstrap(dir.path());
     let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
     let stack = Stack::start_bootstrap(b, 1, upstreams).await;
     let e = &stack.envoy;
