@@ -277,6 +277,19 @@ impl Primary {
     }
 }
 
+/// A shadow admitted on route `route` that sends no call ends as
+/// `verdict`: its admission (and its noise call's, with `noise`) is given
+/// back.
+fn release(plan: &Plan, worker: &Worker, route: usize, noise: bool, verdict: Verdict) {
+    let mut t = worker.shadows.table.borrow_mut();
+    t.release(route);
+    if noise {
+        t.release(route);
+    }
+    drop(t);
+    count(plan, worker, route, verdict);
+}
+
 /// The stream is gone: a primary not finished ends as `skipped` (its body
 /// was still being collected: the admitted calls are released) or
 /// incomplete.
@@ -287,13 +300,7 @@ pub fn end(host: &impl Host, plan: &Plan, worker: &Worker, primary: &mut Option<
     worker.shadows.unhold(p.held());
     match std::mem::replace(&mut p.phase, Phase::Done) {
         Phase::Collecting { noise, .. } => {
-            let mut t = worker.shadows.table.borrow_mut();
-            t.release(p.route);
-            if noise {
-                t.release(p.route);
-            }
-            drop(t);
-            count(plan, worker, p.route, Verdict::Skipped);
+            release(plan, worker, p.route, noise, Verdict::Skipped);
         }
         Phase::Answering { token, .. } => {
             let f = worker
@@ -681,13 +688,7 @@ impl Primary {
         };
         worker.shadows.unhold(held);
         if self.grpc && !call.body.as_deref().is_some_and(one_message) {
-            let mut t = worker.shadows.table.borrow_mut();
-            t.release(self.route);
-            if noise {
-                t.release(self.route);
-            }
-            drop(t);
-            count(plan, worker, self.route, Verdict::Skipped);
+            release(plan, worker, self.route, noise, Verdict::Skipped);
             return;
         }
         let noise_call = noise
@@ -727,13 +728,7 @@ impl Primary {
                 };
             }
             None => {
-                let mut t = worker.shadows.table.borrow_mut();
-                t.release(self.route);
-                if noise {
-                    t.release(self.route);
-                }
-                drop(t);
-                count(plan, worker, self.route, Verdict::Error);
+                release(plan, worker, self.route, noise, Verdict::Error);
             }
         }
     }
