@@ -304,15 +304,20 @@ impl Bootstrap {
             .fold(self, |b, u| b.with_cluster_address(&u.name, u.addr))
     }
 
-    /// Points static cluster `name` at `addr`.
-    pub fn with_cluster_address(mut self, name: &str, addr: SocketAddr) -> Bootstrap {
+    /// Static cluster `name` (panics if the bootstrap has none).
+    fn cluster_mut(&mut self, name: &str) -> &mut Yaml {
         let Some(clusters) = self.0["static_resources"]["clusters"].as_sequence_mut() else {
             panic!("bootstrap has no static clusters");
         };
-        let cluster = clusters
+        clusters
             .iter_mut()
             .find(|c| c["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("bootstrap has no cluster {name}"));
+            .unwrap_or_else(|| panic!("bootstrap has no cluster {name}"))
+    }
+
+    /// Points static cluster `name` at `addr`.
+    pub fn with_cluster_address(mut self, name: &str, addr: SocketAddr) -> Bootstrap {
+        let cluster = self.cluster_mut(name);
         let sa = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
             ["address"]["socket_address"];
         sa["address"] = Yaml::from(addr.ip().to_string());
@@ -323,13 +328,7 @@ impl Bootstrap {
     /// Makes static cluster `name` speak HTTP/2 to its upstream (as
     /// `traffic-shift envoy --h2 NAME` writes it).
     pub fn with_http2(mut self, name: &str) -> Bootstrap {
-        let Some(clusters) = self.0["static_resources"]["clusters"].as_sequence_mut() else {
-            panic!("bootstrap has no static clusters");
-        };
-        let cluster = clusters
-            .iter_mut()
-            .find(|c| c["name"].as_str() == Some(name))
-            .unwrap_or_else(|| panic!("bootstrap has no cluster {name}"));
+        let cluster = self.cluster_mut(name);
         cluster["typed_extension_protocol_options"] = serde_yaml::from_str(
             r#"
 envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
