@@ -134,7 +134,7 @@ unit:
 
 # The behaviour tests that also run against the dynamic module (the harness
 # switch TRAFFIC_SHIFT_BUILD=module); tests/module.rs runs in the first pass.
-MODULE_TESTS := --test split --test stats --test breaker --test guard --test live_config --test reload --test tracing --test hostile --test grpc --test shadow --test shadow_json
+MODULE_TESTS := --test split --test stats --test breaker --test guard --test live_config --test reload --test tracing --test hostile --test grpc --test shadow --test shadow_json --test websocket
 
 integration: build envoy k8s-schema-deps
 	$(CARGO) build --release --target wasm32-wasip1 -p traffic-shift --lib --features test-trap --target-dir target/trap
