@@ -186,17 +186,28 @@ async fn a_shadowed_websocket_route_keeps_every_connection_and_shadows_none() {
     )
     .await;
     assert_eq!(plain.status, 200);
-    let m = stack.envoy.metrics().await;
-    let total: f64 = [
-        "match", "status", "header", "body", "timeout", "error", "skipped",
-    ]
-    .iter()
-    .map(|r| {
-        m.value("traffic_shift_shadow", &[("route", "chat"), ("result", r)])
-            .unwrap_or(0.0)
-    })
-    .sum();
-    assert_eq!(total, 1.0, "only the plain GET was shadowed");
+    // The GET's shadow may still be out when its primary is done; the
+    // module compares an answer on the worker's next hook, so poke between
+    // scrapes. 10 s at most.
+    let total = |m: &Metrics| -> f64 {
+        [
+            "match", "status", "header", "body", "timeout", "error", "skipped",
+        ]
+        .iter()
+        .map(|r| {
+            m.value("traffic_shift_shadow", &[("route", "chat"), ("result", r)])
+                .unwrap_or(0.0)
+        })
+        .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut m = stack.envoy.metrics().await;
+    while total(&m) < 1.0 && Instant::now() < deadline {
+        stack.envoy.poke().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = stack.envoy.metrics().await;
+    }
+    assert_eq!(total(&m), 1.0, "only the plain GET was shadowed");
 }
 
 /// The service refuses upgrades with 503: three refusals open the breaker
