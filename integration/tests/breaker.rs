@@ -206,20 +206,26 @@ async fn recovery_probe_failure_doubles_the_ejection_then_a_healed_service_gets_
     .await;
     let c = integration::client();
     let url = stack.envoy.url("/auth/x");
+    // The breaker opens while the third failure passes through Envoy: after
+    // it was sent.
+    let mut opened = Instant::now();
     for _ in 0..3 {
+        opened = Instant::now();
         assert_eq!(send(&c, "GET", &url, &[]).await.status, 500);
     }
-    let opened = Instant::now();
 
     // Poll every 20 ms; the first request the service sees again is a probe.
+    // Returns how long after `since` it came back, its status, and when it
+    // was sent (a failed probe reopens the breaker after that).
     let next_probe = |since: Instant| {
         let c = c.clone();
         let url = url.clone();
         async move {
             loop {
+                let sent = Instant::now();
                 let s = send(&c, "GET", &url, &[]).await;
                 if s.served_by.as_deref() == Some("auth_service") {
-                    return (since.elapsed(), s.status);
+                    return (since.elapsed(), s.status, sent);
                 }
                 assert_eq!(s.served_by.as_deref(), Some("monolith"));
                 assert!(since.elapsed() < Duration::from_secs(8), "no probe");
@@ -227,16 +233,16 @@ async fn recovery_probe_failure_doubles_the_ejection_then_a_healed_service_gets_
             }
         }
     };
-    // Lower bounds are exact (the breaker opened before we saw the 3rd
-    // reply; 50 ms covers clock reads); upper bounds leave 700 ms of slack.
-    let (first, status) = next_probe(opened).await;
+    // Lower bounds are exact (each instant is taken before the request that
+    // opens the breaker was sent; 50 ms covers clock reads); upper bounds
+    // leave 700 ms of slack.
+    let (first, status, reopened) = next_probe(opened).await;
     assert_eq!(status, 500, "the first probe fails");
     assert!(
         first >= Duration::from_millis(950) && first < Duration::from_millis(1700),
         "first ejection {first:?}"
     );
-    let reopened = Instant::now();
-    let (second, status) = next_probe(reopened).await;
+    let (second, status, reopened) = next_probe(reopened).await;
     assert_eq!(status, 500);
     assert!(
         second >= Duration::from_millis(1950) && second < Duration::from_millis(2700),
@@ -246,8 +252,7 @@ async fn recovery_probe_failure_doubles_the_ejection_then_a_healed_service_gets_
     // Healed: the next probe (after 3 s) succeeds and the route is back to
     // its configured 100 %.
     stack.upstreams[1].set("status", 200).await;
-    let reopened = Instant::now();
-    let (third, status) = next_probe(reopened).await;
+    let (third, status, _) = next_probe(reopened).await;
     assert_eq!(status, 200);
     assert!(
         third >= Duration::from_millis(2950),

@@ -296,11 +296,16 @@ async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good()
     );
     assert!(served(50).await.iter().all(|s| s == "auth_service"));
 
+    // update_success moves before the workers have the new configuration;
+    // config_reload after.
+    let reloads = e.counter(&format!("{ECDS}.config_reload")).await;
     write_module_ecds(dir.path(), "2", &at_percent("0"));
     assert_eq!(
         e.wait_counter(&format!("{ECDS}.update_success"), 2).await,
         2
     );
+    e.wait_counter(&format!("{ECDS}.config_reload"), reloads + 1)
+        .await;
     assert!(served(50).await.iter().all(|s| s == "monolith"));
 
     write_module_ecds(dir.path(), "3", &at_percent("140"));

@@ -25,7 +25,9 @@ async fn until(at_ms: u64) {
 async fn a_ramp_moves_the_percent_at_its_steps() {
     // Steps a few seconds ahead (whole seconds: RFC 3339 without fraction).
     let base = (now_ms() / 1000 + 1) * 1000;
-    let (at1, at2) = (base + 5_000, base + 8_000);
+    // Room in each phase for its requests and a scrape after a tick (the
+    // gauge follows on the tick), on a loaded machine.
+    let (at1, at2) = (base + 6_000, base + 10_000);
     let config = format!(
         r#"{{"monolith": "monolith", "routes": [
             {{"name": "auth", "prefix": "/auth/", "service": "auth_service", "percent": 0,
@@ -49,7 +51,9 @@ async fn a_ramp_moves_the_percent_at_its_steps() {
     let before = served_by_keys(&c, &url, "x-request-id", &keys, 8).await;
     assert!(now_ms() < at1, "requests ran into the first step");
     assert!(before.iter().all(|s| s == "monolith"));
-    assert_eq!(gauge(&stack.envoy.metrics().await), 0.0);
+    let m = stack.envoy.metrics().await;
+    assert!(now_ms() < at1, "the scrape ran into the first step");
+    assert_eq!(gauge(&m), 0.0);
 
     // At 50 %: exactly the keys of the formula, and the gauge follows
     // (the tick updates it every second).
@@ -64,7 +68,11 @@ async fn a_ramp_moves_the_percent_at_its_steps() {
         assert_eq!(s, want, "key {k} at 50%");
     }
     assert!(now_ms() < at2, "requests ran into the second step");
-    assert_eq!(gauge(&stack.envoy.metrics().await), 5000.0);
+    // A tick has run since the step (1.5 s ago): scrape now, before the
+    // next step can move the gauge again.
+    let m = stack.envoy.metrics_now().await;
+    assert!(now_ms() < at2, "the scrape ran into the second step");
+    assert_eq!(gauge(&m), 5000.0);
 
     until(at2 + 1_500).await;
     let after = served_by_keys(&c, &url, "x-request-id", &keys, 8).await;

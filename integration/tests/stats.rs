@@ -45,21 +45,25 @@ async fn exact_counts_per_route_and_target_and_histogram_samples_match() {
         send(&c, "GET", &stack.envoy.url(p), &[]).await;
     }
 
-    let m = stack
-        .envoy
-        .metrics_when(|m| {
-            m.value(
-                "traffic_shift_upstream_rq_time_count",
-                &rt("auth", "monolith"),
-            ) == Some((1_000 - to_service) as f64)
-        })
-        .await;
     let expect = [
         ("auth", "service", to_service),
         ("auth", "monolith", 1_000 - to_service),
         ("orders", "service", 7),
         ("orders", "monolith", 3),
     ];
+    // Histograms appear at Envoy's stats flush, the wasm build's counters
+    // on its tick: wait until both carry every request.
+    let m = stack
+        .envoy
+        .metrics_when(|m| {
+            m.value("traffic_shift_unmatched", &[]) == Some(3.0)
+                && expect.iter().all(|&(route, target, n)| {
+                    let l = rt(route, target);
+                    m.value("traffic_shift_upstream_rq_time_count", &l) == Some(n as f64)
+                        && m.value("traffic_shift_rq_total", &l) == Some(n as f64)
+                })
+        })
+        .await;
     for (route, target, n) in expect {
         let n = n as f64;
         let l = rt(route, target);

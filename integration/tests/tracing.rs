@@ -354,11 +354,15 @@ async fn spans_and_log_lines_carry_the_decision_and_its_reason() {
         assert_eq!(tag(&attrs, "published"), published, "{}", case.name);
     }
 
-    // The access log (flushed every second by Envoy).
+    // The access log (flushed every second by Envoy); the guard's trip
+    // wrote lines before the cases', so wait for every case's own line.
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= CASES.len() || Instant::now() > deadline {
+        let all = CASES
+            .iter()
+            .all(|c| text.contains(&format!("?case={} ", c.name)));
+        if all || Instant::now() > deadline {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -140,7 +140,9 @@ async fn connections_split_by_the_hash_and_stay_across_an_update() {
             &[want.to_string()],
             "{user}: moved, or the wrong side"
         );
-        assert!(*n >= 20, "{user}: only {n} messages in 3 s");
+        // About 28 at one every 100 ms; the bound leaves room for a loaded
+        // machine (what counts is that the connection kept working).
+        assert!(*n >= 10, "{user}: only {n} messages in 3 s");
         service += usize::from(want == "orders_service");
     }
     // Not all on one side, or the test would prove little.
@@ -175,7 +177,7 @@ async fn a_shadowed_websocket_route_keeps_every_connection_and_shadows_none() {
     let results = talk(conns, Instant::now() + Duration::from_secs(2)).await;
     for (user, sides, n) in &results {
         assert_eq!(sides, &[expected(&json, user, 50.0).to_string()], "{user}");
-        assert!(*n >= 10, "{user}: {n} messages");
+        assert!(*n >= 5, "{user}: {n} messages in 2 s");
     }
     // A plain request of the same route is shadowed (the route is live).
     let plain = integration::send(
