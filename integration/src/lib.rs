@@ -996,18 +996,27 @@ impl Envoy {
 pub struct EcdsFile {
     pub dir: tempfile::TempDir,
     template: Yaml,
+    /// Which filter the resource configures.
+    build: Build,
 }
 
 impl EcdsFile {
     pub const FILE: &'static str = "traffic_shift.yaml";
 
-    /// Writes version `version` with `plugin_json` before returning.
+    /// Writes version `version` with `plugin_json` before returning; the
+    /// filter of the build under test.
     pub fn new(version: &str, plugin_json: &str) -> EcdsFile {
+        Self::for_build(Build::current(), version, plugin_json)
+    }
+
+    /// [`EcdsFile::new`] for the filter of `build`.
+    pub fn for_build(build: Build, version: &str, plugin_json: &str) -> EcdsFile {
         let path = repo_root().join("envoy/ecds/traffic_shift.yaml");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
         let ecds = EcdsFile {
             dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
             template: serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}")),
+            build,
         };
         ecds.write(version, plugin_json);
         ecds
@@ -1018,7 +1027,7 @@ impl EcdsFile {
     pub fn write(&self, version: &str, plugin_json: &str) {
         let mut doc = self.template.clone();
         doc["version_info"] = Yaml::from(version);
-        if Build::current() == Build::Module {
+        if self.build == Build::Module {
             doc["resources"][0]["typed_config"] = module_typed_config(plugin_json);
         } else {
             let cfg = &mut doc["resources"][0]["typed_config"]["config"];
@@ -1061,7 +1070,7 @@ impl EcdsFile {
         let pcs = &mut cd["config_source"]["path_config_source"];
         pcs["path"] = Yaml::from(format!("{dir}/{}", Self::FILE));
         pcs["watched_directory"]["path"] = Yaml::from(dir);
-        if Build::current() == Build::Module {
+        if self.build == Build::Module {
             cd["type_urls"] = Yaml::Sequence(vec![Yaml::from(MODULE_FILTER_TYPE)]);
         }
         b

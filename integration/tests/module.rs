@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use integration::{
-    client, envoy_bin, module_path, random_ids, repo_root, served_by_keys, Bootstrap, Envoy, Stack,
-    Upstream, CLUSTERS,
+    client, envoy_bin, module_path, random_ids, repo_root, served_by_keys, Bootstrap, Build,
+    EcdsFile, Envoy, Stack, Upstream, CLUSTERS,
 };
 use traffic_shift::hash::bucket;
 
@@ -234,22 +234,6 @@ fn set_module_name(b: &mut Bootstrap, name: &str) {
 }
 
 /// The module's ECDS resource (file-based ECDS) carrying `json`.
-fn write_module_ecds(dir: &std::path::Path, version: &str, json: &str) {
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&format!(
-        "version_info: \"{version}\"
-resources:
-- '@type': type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig
-  name: traffic_shift
-"
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
-    doc["resources"][0]["typed_config"] = integration::module_typed_config(json);
-    let tmp = dir.join(".next.yaml");
-    std::fs::write(&tmp, serde_yaml::to_string(&doc).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::rename(&tmp, dir.join("traffic_shift.yaml")).unwrap_or_else(|e| panic!("{e}"));
-}
-
 fn at_percent(percent: &str) -> String {
     format!(
         r#"{{"monolith": "monolith", "routes": [
@@ -257,32 +241,12 @@ fn at_percent(percent: &str) -> String {
     )
 }
 
-/// The shipped file-based ECDS bootstrap, watching `dir`, for the module's
-/// filter type.
-fn module_ecds_bootstrap(dir: &std::path::Path) -> Bootstrap {
-    let mut b = Bootstrap::load(&repo_root().join("envoy/envoy-ecds-file.yaml")).for_test();
-    let Some(cd) = b.config_discovery() else {
-        panic!("envoy-ecds-file.yaml has no config_discovery");
-    };
-    let d = dir.to_string_lossy().into_owned();
-    cd["config_source"]["path_config_source"]["path"] =
-        serde_yaml::Value::from(format!("{d}/traffic_shift.yaml"));
-    cd["config_source"]["path_config_source"]["watched_directory"]["path"] =
-        serde_yaml::Value::from(d);
-    cd["type_urls"] = serde_yaml::Value::Sequence(vec![serde_yaml::Value::from(
-        integration::MODULE_FILTER_TYPE,
-    )]);
-    b
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good() {
     const ECDS: &str = "extension_config_discovery.http_filter.traffic_shift";
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    write_module_ecds(dir.path(), "1", &at_percent("100"));
-    let b = module_ecds_bootstrap(dir.path());
+    let ecds = EcdsFile::for_build(Build::Module, "1", &at_percent("100"));
     let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
-    let stack = Stack::start_bootstrap(b, 2, upstreams).await;
+    let stack = Stack::start_bootstrap(ecds.bootstrap(), 2, upstreams).await;
     let e = &stack.envoy;
     let c = client();
     let url = e.url("/api/auth/x");
@@ -296,19 +260,12 @@ async fn a_live_update_over_ecds_applies_and_a_refused_one_keeps_the_last_good()
     );
     assert!(served(50).await.iter().all(|s| s == "auth_service"));
 
-    // update_success moves before the workers have the new configuration;
-    // config_reload after.
-    let reloads = e.counter(&format!("{ECDS}.config_reload")).await;
-    write_module_ecds(dir.path(), "2", &at_percent("0"));
-    assert_eq!(
-        e.wait_counter(&format!("{ECDS}.update_success"), 2).await,
-        2
-    );
-    e.wait_counter(&format!("{ECDS}.config_reload"), reloads + 1)
-        .await;
+    // Waits for config_reload too: update_success moves before the workers
+    // have the new configuration.
+    ecds.apply(e, "2", &at_percent("0")).await;
     assert!(served(50).await.iter().all(|s| s == "monolith"));
 
-    write_module_ecds(dir.path(), "3", &at_percent("140"));
+    ecds.write("3", &at_percent("140"));
     assert_eq!(
         e.wait_counter(&format!("{ECDS}.update_rejected"), 1).await,
         1
@@ -336,11 +293,9 @@ async fn shadows_out_when_their_configuration_goes_end_as_errors() {
                   "shadow": {{"percent": 100, "timeout_ms": 5000, "compare_headers": ["x-v{version}"]}}}}]}}"#
         )
     };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    write_module_ecds(dir.path(), "1", &shadowed("1"));
-    let b = module_ecds_bootstrap(dir.path());
+    let ecds = EcdsFile::for_build(Build::Module, "1", &shadowed("1"));
     let upstreams: Vec<Upstream> = CLUSTERS.iter().map(|n| Upstream::start(n)).collect();
-    let stack = Stack::start_bootstrap(b, 1, upstreams).await;
+    let stack = Stack::start_bootstrap(ecds.bootstrap(), 1, upstreams).await;
     let e = &stack.envoy;
     assert_eq!(
         e.wait_counter(&format!("{ECDS}.update_success"), 1).await,
@@ -363,7 +318,7 @@ async fn shadows_out_when_their_configuration_goes_end_as_errors() {
         .map(|r| result(&m, r))
         .sum();
     assert_eq!(out, 0.0, "the 5 shadows are still out");
-    write_module_ecds(dir.path(), "2", &shadowed("2"));
+    ecds.write("2", &shadowed("2"));
     assert_eq!(
         e.wait_counter(&format!("{ECDS}.update_success"), 2).await,
         2
